@@ -1,0 +1,147 @@
+"""Atomic files, checkpoints and run provenance.
+
+Every file lmcbench writes goes through :func:`atomic_write`, so a killed job never leaves a
+half-written output that Snakemake (or a human) could mistake for a finished one.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PROVENANCE_PACKAGES = (
+    "lmcbench", "torch", "torchvision", "timm", "transformers", "numpy", "scipy",
+    "pandas", "escnn", "snakemake", "safetensors",
+)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator:
+    """Open a temporary sibling of `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path for writers that want a filename (savefig, to_csv); rename on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with atomic_write(path) as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+
+
+def read_json(path: str | os.PathLike):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict) -> Path:
+    """Write `model.safetensors` + `config.json` into `directory`, each atomically.
+
+    Tied tensors (GPT-2's wte/lm_head) are stored once per storage; `load_checkpoint`
+    returns exactly the keys the model's `state_dict()` had, so `load_state_dict` is strict.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors, seen = {}, {}
+    for key, value in state_dict.items():
+        ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if ptr in seen:  # an alias of an earlier key: record it in the config instead of a copy
+            config = {**config, "tied": {**config.get("tied", {}), key: seen[ptr]}}
+            continue
+        seen[ptr] = key
+        tensors[key] = value.detach().to("cpu").contiguous()
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_json(directory / "config.json", config)
+    return directory
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    directory = Path(directory)
+    weights = directory / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(
+            f"no checkpoint at {directory}: expected {weights.name} and config.json "
+            "(written by `lmcbench train` or `lmcbench.io.save_checkpoint`)"
+        )
+    config = read_json(directory / "config.json")
+    state = load_file(str(weights))
+    for alias, source in config.get("tied", {}).items():
+        state[alias] = state[source]
+    return state, config
+
+
+# --------------------------------------------------------------------------- provenance
+def git_commit(cwd: str | os.PathLike | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def provenance(config: dict, seed: int | None = None) -> dict:
+    """What is needed to rerun a job: its config, seed, code version and library versions."""
+    return {
+        "seed": seed,
+        "config": config,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": package_versions(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+def run_id(payload: dict) -> str:
+    """A short stable id for a job's configuration, used to join records with provenance files."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]

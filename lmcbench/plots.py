@@ -1,0 +1,45 @@
+"""Figures drawn from tidy tables only (seaborn), so they rebuild without retraining."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from lmcbench.io import atomic_path  # noqa: E402
+
+
+def _save(grid, path: str | Path, title: str) -> None:
+    grid.figure.suptitle(title, y=1.02)
+    with atomic_path(path) as tmp:
+        grid.figure.savefig(tmp, dpi=120, bbox_inches="tight")
+    matplotlib.pyplot.close(grid.figure)
+
+
+def training_curves(history: pd.DataFrame, path: str | Path, profile: str = "") -> None:
+    """Validation loss against step, one line per seed, one panel per model."""
+    grid = sns.relplot(data=history, x="step", y="val_loss", hue="seed", col="model", kind="line",
+                       facet_kws={"sharey": False, "sharex": False}, height=3, aspect=1.3, palette="tab10")
+    _save(grid, path, f"Training: validation loss ({profile} profile, {history['seed'].nunique()} seeds)")
+
+
+def interpolation_curves(curves: pd.DataFrame, path: str | Path, profile: str = "") -> None:
+    """Loss and accuracy along λ per method (mean and 95% CI over seed pairs), per model and split."""
+    curves = curves.assign(panel=curves["model"] + " · " + curves["split"])
+    grid = sns.relplot(data=curves, x="lambda", y="value", hue="method", row="metric", col="panel", kind="line",
+                       marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
+    grid.set_axis_labels("λ (1 = model A, 0 = aligned model B)", "")
+    n_pairs = curves.groupby(["model", "method"])[["seed_a", "seed_b"]].apply(lambda f: len(f.drop_duplicates())).max()
+    _save(grid, path, f"Linear interpolation ({profile} profile, {n_pairs} seed pairs per method)")
+
+
+def barrier_summary(barriers: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test") -> None:
+    """Bar chart of the chord barrier per method (mean ± std over pairs) for loss and accuracy."""
+    part = barriers[barriers["split"] == split]
+    grid = sns.catplot(data=part, x="method", y="barrier", col="model", row="metric", kind="bar",
+                       errorbar="sd", sharey=False, height=2.8, aspect=1.4)
+    grid.set_xticklabels(rotation=30, ha="right")
+    _save(grid, path, f"Chord barrier on the {split} split ({profile} profile)")

@@ -1,0 +1,43 @@
+"""Run a job from a Snakemake `script:` shim or the CLI: logging, threads, and a clean failure.
+
+Snakemake's `log:` file receives the Python log and everything written to stderr (tqdm's progress
+bars included), so `results/logs/<rule>/…` shows what a job did and how far it got.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, handlers=[logging.StreamHandler(sys.stderr)], force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def job_context(log_file: str | Path | None = None, threads: int | None = None) -> Iterator[None]:
+    """Send stderr and logging to `log_file` (appending), and cap torch's CPU threads at `threads`."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    if log_file is None:
+        configure_logging()
+        yield
+        return
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", buffering=1) as fh, contextlib.redirect_stderr(fh):
+        configure_logging()
+        try:
+            yield
+        except BaseException:
+            logging.getLogger("lmcbench").exception("job failed")
+            raise
+
+
+def snakemake_job(snakemake) -> contextlib.AbstractContextManager:
+    """`with snakemake_job(snakemake): ...` inside a workflow/scripts shim."""
+    return job_context(snakemake.log[0] if snakemake.log else None, snakemake.threads)

@@ -1,0 +1,90 @@
+"""Tidy result tables: concatenate per-job records, summarise, and put published numbers beside ours.
+
+Per-job CSVs are long-format records; everything a paper needs (CSV, LaTeX) is derived here from
+those records alone, so tables and figures rebuild without retraining.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from lmcbench.io import atomic_path
+
+FAMILY_OF_DATASET = {"mnist5k": "vit", "digits": "vit", "cifar10": "vit", "cifar100": "vit", "tiny_imagenet": "vit",
+                     "shakespeare": "gpt2", "tiny_shakespeare": "gpt2", "text_file": "gpt2"}
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def concat_csv(paths: Iterable[str | Path], out: str | Path | None = None) -> pd.DataFrame:
+    """Concatenate record files; with `out`, also write the result (atomically)."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"missing record files: {missing[:5]}")
+    frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
+    if out is not None:
+        write_csv(frame, out)
+    return frame
+
+
+def summarise_barriers(barriers: pd.DataFrame, keys=("model", "dataset", "method", "split", "metric")) -> pd.DataFrame:
+    """Mean ± std of both barrier definitions over seed pairs."""
+    keys = list(keys)
+    grouped = barriers.groupby(keys, sort=True)
+    summary = grouped.agg(n_pairs=("barrier", "size"), barrier_mean=("barrier", "mean"),
+                          barrier_std=("barrier", "std"), midpoint_mean=("barrier_midpoint", "mean"),
+                          midpoint_std=("barrier_midpoint", "std")).reset_index()
+    return summary.fillna({"barrier_std": 0.0, "midpoint_std": 0.0})
+
+
+def attach_reference(summary: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Add the published number for the same method: the same dataset if the paper has it, else the
+    paper's dataset for that model family (flagged in `paper_dataset`)."""
+    ref = reference.rename(columns={"dataset": "paper_dataset", "mean": "paper_mean", "std": "paper_std"})
+    rows = []
+    for _, row in summary.iterrows():
+        candidates = ref[(ref["method"] == row["method"]) & (ref["metric"] == row["metric"])]
+        exact = candidates[candidates["paper_dataset"] == row["dataset"]]
+        family = FAMILY_OF_DATASET.get(row["dataset"])
+        fallback = candidates[(candidates["family"] == family) & candidates["default_for_family"]]
+        match = exact if len(exact) else fallback
+        extra = match.iloc[0][["paper_dataset", "paper_mean", "paper_std", "source", "checked_against_paper"]] \
+            if len(match) and row["split"] == "test" else pd.Series(dtype=object)
+        rows.append({**row.to_dict(), **extra.to_dict()})
+    return pd.DataFrame(rows)
+
+
+def latex_summary(summary: pd.DataFrame, split: str = "test", metric: str = "loss") -> str:
+    """Method × (model, dataset) table of 'mean ± std' chord barriers, with the published column."""
+    part = summary[(summary["split"] == split) & (summary["metric"] == metric)].copy()
+    part["ours"] = part.apply(lambda r: f"{r.barrier_mean:.2f} $\\pm$ {r.barrier_std:.2f}", axis=1)
+    if "paper_mean" in part:
+        part["paper"] = part.apply(lambda r: "--" if pd.isna(r.get("paper_mean")) else
+                                   f"{r.paper_mean:.2f} $\\pm$ {r.paper_std:.2f} ({r.paper_dataset})", axis=1)
+    part["column"] = part["model"] + " / " + part["dataset"]
+    wide = part.pivot(index="method", columns="column", values=[c for c in ("ours", "paper") if c in part])
+    wide.columns = [f"{col} ({kind})" for kind, col in wide.columns]
+    caption = f"{metric.capitalize()} barrier on the {split} split (chord definition), mean $\\pm$ std over seed pairs."
+    return wide.reset_index().to_latex(index=False, escape=False, caption=caption, label=f"tab:barrier-{metric}")
+
+
+def glmc_tables(barrier_files: Iterable[str | Path], outputs, reference: str | Path) -> pd.DataFrame:
+    """Write glmc_barriers.csv, glmc_curves.csv, glmc_summary.csv and glmc_summary.tex."""
+    barrier_files = [Path(p) for p in barrier_files]
+    barriers = concat_csv(barrier_files, outputs.barriers)
+    concat_csv([p.with_name("curve.csv") for p in barrier_files], outputs.curves)
+    summary = attach_reference(summarise_barriers(barriers), pd.read_csv(reference))
+    write_csv(summary, outputs.summary)
+    write_text(latex_summary(summary), outputs.latex)
+    return summary

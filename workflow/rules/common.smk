@@ -1,0 +1,39 @@
+# Shared helpers: sweep enumeration, per-rule resources, config cross-checks the schema cannot express.
+from itertools import combinations
+
+SEEDS = sorted(config["seeds"])
+SEED_PAIRS = list(combinations(SEEDS, 2))
+RESULTS = "results"
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9_]+",
+    method="[A-Za-z0-9_]+",
+    seed=r"\d+",
+    seed_a=r"\d+",
+    seed_b=r"\d+",
+
+
+for _name, _model in config["models"].items():
+    if _model["dataset"] not in config["datasets"]:
+        raise ValueError(
+            f"config error: models.{_name}.dataset = {_model['dataset']!r} is not a key of `datasets` "
+            f"(known: {sorted(config['datasets'])})"
+        )
+
+
+def dataset_cfg(model):
+    return config["datasets"][config["models"][model]["dataset"]]
+
+
+_RESOURCE_DEFAULTS = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+
+
+def resource(key, model=None):
+    """A resource for a rule: the model's override, else the profile default, else a built-in default."""
+    own = config["models"][model].get("resources", {}) if model else {}
+    return own.get(key, config.get("resources", {}).get(key, _RESOURCE_DEFAULTS[key]))
+
+
+def model_resource(key):
+    return lambda wildcards: resource(key, wildcards.model)

@@ -1,0 +1,8 @@
+from pathlib import Path
+
+from lmcbench.jobs import train_job
+from lmcbench.runner import snakemake_job
+
+with snakemake_job(snakemake):
+    train_job(Path(snakemake.output.weights).parent, snakemake.wildcards.model, snakemake.params.model_cfg,
+              snakemake.params.data_cfg, int(snakemake.wildcards.seed))
