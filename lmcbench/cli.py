@@ -1,0 +1,99 @@
+"""`lmcbench` command line: the same job functions the Snakemake rules call, for one-off use.
+
+  lmcbench train --config workflow/config/default.yaml --model vit --seed 0 --out results/models/vit/seed0
+  lmcbench align A_DIR B_DIR --method vanilla --dataset mnist5k --out results/my_pair
+  lmcbench matchers
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _load_profile(path: str) -> dict:
+    """A profile merged over the default, as Snakemake does, and validated against the schema."""
+    from snakemake.utils import update_config, validate
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "workflow/config/default.yaml").read_text())
+    update_config(config, yaml.safe_load(Path(path).read_text()))
+    validate(config, str(root / "workflow/schemas/config.schema.yaml"))
+    return config
+
+
+def _dataset_cfg(args) -> dict:
+    cfg = {"name": args.dataset}
+    if args.data_root:
+        cfg["root"] = args.data_root
+    for item in args.data_option or []:
+        key, _, value = item.partition("=")
+        cfg[key] = yaml.safe_load(value)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lmcbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model of a profile for one seed")
+    p.add_argument("--config", default="workflow/config/default.yaml", help="profile YAML (merged over default)")
+    p.add_argument("--model", required=True, help="a key of the profile's `models`")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--log", help="append the log here instead of stderr")
+
+    p = sub.add_parser("align", help="align checkpoint B to A, write the aligned checkpoint and barrier curve")
+    p.add_argument("a", help="reference checkpoint directory (λ = 1)")
+    p.add_argument("b", help="checkpoint directory to align (λ = 0)")
+    p.add_argument("--method", default="vanilla", help="a registered matcher (see `lmcbench matchers`)")
+    p.add_argument("--dataset", required=True, help="dataset name for the barrier, e.g. mnist5k, shakespeare, cifar10")
+    p.add_argument("--data-root", help="local path for datasets that are not shipped with a package")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="extra dataset options, e.g. tokenizer=char")
+    p.add_argument("--points", type=int, default=11, help="λ grid size")
+    p.add_argument("--splits", nargs="+", default=["test"])
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--log", help="append the log here instead of stderr")
+
+    sub.add_parser("matchers", help="list registered matchers")
+    args = parser.parse_args(argv)
+
+    from lmcbench.runner import job_context
+
+    if args.command == "matchers":
+        from lmcbench.matchers import MATCHERS
+
+        for name, fn in sorted(MATCHERS.items()):
+            print(f"{name:28s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+        return 0
+    if args.command == "train":
+        from lmcbench.jobs import train_job
+
+        config = _load_profile(args.config)
+        if args.model not in config["models"]:
+            parser.error(f"--model {args.model!r} is not in the profile's models: {sorted(config['models'])}")
+        model_cfg = config["models"][args.model]
+        with job_context(args.log):
+            train_job(args.out, args.model, model_cfg, config["datasets"][model_cfg["dataset"]], args.seed)
+        return 0
+    if args.command == "align":
+        from lmcbench.jobs import pairwise_job
+
+        barrier_cfg = {"points": args.points, "splits": args.splits, "max_examples": args.max_examples,
+                       "batch_size": args.batch_size}
+        with job_context(args.log):
+            table = pairwise_job(args.a, args.b, args.out, args.method, _dataset_cfg(args), barrier_cfg,
+                                 labels={"experiment": "pairwise"}, seed=args.seed)
+        print(table[["split", "metric", "barrier", "barrier_midpoint", "argmax_lambda"]].to_string(index=False))
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
