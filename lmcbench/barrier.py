@@ -58,8 +58,9 @@ class Interpolator:
         return {**params, **self.fixed}
 
 
-class _Bound(nn.Module):
-    """`model` with its tensors replaced by a given dict, so `Task.score` can call it unchanged."""
+class BoundModel(nn.Module):
+    """`model` with its tensors replaced by a given dict (possibly carrying gradients to something
+    else, as in learned matching), so `Task.score` can call it unchanged."""
 
     def __init__(self, model: nn.Module, tensors: dict[str, torch.Tensor]):
         super().__init__()
@@ -80,7 +81,7 @@ def interpolation_curve(model: nn.Module, task: Task, state_a: dict, state_b: di
     data = {split: task.eval_tensors(split, max_examples) for split in splits}
     rows = []
     for lam in tqdm(lambdas, desc="interpolate", disable=not progress):
-        bound = _Bound(model, path.at(lam))
+        bound = BoundModel(model, path.at(lam))
         for split, tensors in data.items():
             for metric, value in evaluate(bound, task, tensors, batch_size, device).items():
                 rows.append({"lambda": float(lam), "split": split, "metric": metric, "value": value})

@@ -118,12 +118,13 @@ def canonicalize(model: nn.Module, eps_guard: float = 1e-6) -> nn.Module:
     for w in layout.writers:
         t = sd[w.param]
         sd[w.param] = (t.double().movedim(w.axis, -1) @ centre).movedim(-1, w.axis).to(t.dtype)
+    like = sd[layout.writers[0].param]
     norms = {}
     for site in layout.norms:
         norm = model.get_submodule(site.module)
-        gamma = sd.pop(site.weight) if site.weight else torch.ones(layout.width)
-        beta = sd[site.bias] if site.bias else torch.zeros(layout.width)
-        gamma = torch.where(gamma < 0, -1.0, 1.0) * gamma.abs().clamp_min(eps_guard)
+        gamma = sd.pop(site.weight) if site.weight else like.new_ones(layout.width)
+        beta = sd[site.bias] if site.bias else like.new_zeros(layout.width)
+        gamma = torch.where(gamma < 0, -1.0, 1.0).to(gamma) * gamma.abs().clamp_min(eps_guard)
         for r in site.readers:
             sd[r.param] = sd[r.param] * _along(gamma, r.axis, sd[r.param].ndim)
         sd[f"{site.module}.bias"] = beta / gamma
@@ -145,21 +146,37 @@ def _rows(t: Tensor, axis: int) -> Tensor:
     return t.movedim(axis, -1)
 
 
-def _circuit_params(sd: dict[str, Tensor], att: AttentionSite, new: AttentionSite, width: int) -> None:
-    """Rewrite one attention site of `sd` (keys of `att`) into circuit form (keys of `new`,
-    which has a qkv bias even where `att` has none)."""
-    h_n, d, e = att.num_heads, att.head_dim, width + 1
+def head_circuits(sd: dict[str, Tensor], att: AttentionSite) -> tuple[Tensor, Tensor]:
+    """Per-head circuits with the bias as an extra input coordinate x~ = [x, 1], row-vector convention:
+    QK_h = W~_Q,h W~_K,h^T (H, D+1, D+1) and OV_h = W~_V,h W_O,h (H, D+1, D). Differentiable."""
+    h_n, d = att.num_heads, att.head_dim
     w = _rows(sd[att.qkv.param], att.qkv.axis)                            # (D, 3 H d)
     b = sd[att.qkv_bias] if att.qkv_bias else w.new_zeros(w.shape[1])
     q, k, v = torch.cat([w, b[None]], 0).unflatten(1, (3, h_n, d)).unbind(1)  # each (D+1, H, d)
-    qk = torch.einsum("ihd,jhd->hij", q, k) * math.sqrt(e / d)            # (H, D+1, D+1)
-    eye = torch.eye(e, dtype=w.dtype, device=w.device).expand(h_n, e, e)
+    w_o = sd[att.proj.param].movedim(att.proj.axis, 0).unflatten(0, (h_n, d))  # (H, d, D)
+    return torch.einsum("ihd,jhd->hij", q, k), torch.einsum("ihd,hdo->hio", v, w_o)
+
+
+def _circuit_params(sd: dict[str, Tensor], att: AttentionSite, new: AttentionSite, width: int) -> None:
+    """Rewrite one attention site of `sd` (keys of `att`) into circuit form (keys of `new`,
+    which has a qkv bias even where `att` has none)."""
+    h_n, e = att.num_heads, width + 1
+    qk, ov = head_circuits(sd, att)
+    qk = qk * math.sqrt(e / att.head_dim)
+    eye = torch.eye(e, dtype=qk.dtype, device=qk.device).expand(h_n, e, e)
     fused = torch.stack([qk, eye, eye]).permute(2, 0, 1, 3).flatten(1)      # (D+1, 3 H (D+1))
     sd[new.qkv.param] = fused[:width].movedim(-1, new.qkv.axis).contiguous()
     sd[new.qkv_bias] = fused[width].contiguous()
-    w_o = sd[att.proj.param].movedim(att.proj.axis, 0).unflatten(0, (h_n, d))  # (H, d, D)
-    ov = torch.einsum("ihd,hdo->hio", v, w_o)                             # (H, D+1, D)
     sd[new.proj.param] = ov.flatten(0, 1).movedim(0, new.proj.axis).contiguous()
+
+
+def circuit_state_dict(sd: dict[str, Tensor], layout: Layout, circuit_layout: Layout) -> dict[str, Tensor]:
+    """`sd` (a model with `layout`) rewritten into the circuit form whose layout is `circuit_layout`.
+    Pure tensor code, so gradients flow through it (learned matching interpolates circuits)."""
+    out = dict(sd)
+    for att, new_att in zip(layout.attentions, circuit_layout.attentions, strict=True):
+        _circuit_params(out, att, new_att, layout.width)
+    return out
 
 
 def circuit_form(model: nn.Module) -> nn.Module:
@@ -177,10 +194,7 @@ def circuit_form(model: nn.Module) -> nn.Module:
     layout = layout_for(model)
     width = layout.width
     new = _rebuild(model, layout, width, width + 1, qkv_bias=True)
-    sd = _state(model)
-    for att, new_att in zip(layout.attentions, layout_for(new).attentions, strict=True):
-        _circuit_params(sd, att, new_att, width)
-    new.load_state_dict(sd)
+    new.load_state_dict(circuit_state_dict(_state(model), layout, layout_for(new)))
     return new
 
 

@@ -50,3 +50,7 @@ def get_matcher(name: str) -> Callable:
 def vanilla(model_a: nn.Module, model_b: nn.Module, context: MatchContext) -> Alignment:
     """No alignment: plain weight averaging, the baseline every table starts from."""
     return Alignment(model_a, model_a.state_dict(), model_b.state_dict())
+
+
+# matchers register themselves on import; the order here is the order of `lmcbench matchers`
+from lmcbench.matchers import activation, learned, weight_matching  # noqa: E402,F401

@@ -1,0 +1,50 @@
+"""The two solvers every weight-space matcher is built from, and the per-unit views they act on.
+
+* `match_units`: a permutation from a linear assignment problem (scipy's Hungarian solver).
+* `procrustes`: the orthogonal map closest to aligning two sets of vectors (SVD).
+
+Units-first views (`unit_features`) turn every parameter a space acts on into a matrix whose row j
+holds everything unit j reads or writes, so one solver serves residual coordinates, heads (blocks
+of head_dim coordinates) and MLP neurons alike.
+"""
+from __future__ import annotations
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from lmcbench.symmetry.spec import Space
+
+
+def unit_features(space: Space, state: dict[str, Tensor], params: set[str] | None = None,
+                  normalise_blocks: bool = False) -> Tensor:
+    """(space.dim, k) matrix: for every action of `space` (optionally only those on `params`), the
+    slice it moves, reshaped so that row j is unit j. With normalise_blocks, each action's block
+    is divided by sqrt(its columns), so wide parameters do not drown narrow ones (GLMC's residual
+    alignment, [official code] `ortho_residual`)."""
+    blocks = []
+    for action in space.actions:
+        if params is not None and action.param not in params:
+            continue
+        x = state[action.param].detach().movedim(action.axis, -1)[..., action.offset:action.offset + space.size]
+        x = x.unflatten(-1, (space.dim, space.block)).movedim(-2, 0).reshape(space.dim, -1).double()
+        blocks.append(x / x.shape[1] ** 0.5 if normalise_blocks else x)
+    if not blocks:
+        raise ValueError(f"space {space.name!r} has no parameters to match on")
+    return torch.cat(blocks, 1)
+
+
+def match_units(score: Tensor, maximize: bool = True) -> Tensor:
+    """idx such that unit j of the aligned B is unit idx[j] of B (x P = x[..., idx]), optimal for
+    score[i, j] = similarity (or cost, with maximize=False) of A's unit i and B's unit j."""
+    rows, cols = linear_sum_assignment(score.detach().cpu().double().numpy(), maximize=maximize)
+    idx = torch.empty(len(rows), dtype=torch.long)
+    idx[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
+    return idx
+
+
+def procrustes(features_a: Tensor, features_b: Tensor) -> Tensor:
+    """Orthogonal O minimising ||F_A − Oᵀ F_B||_F for units-first features (rows are coordinates):
+    O = U Vᵀ from the SVD of F_B F_Aᵀ [official code `ortho_residual`]."""
+    u, _, vh = torch.linalg.svd(features_b @ features_a.T)
+    return u @ vh

@@ -1,0 +1,89 @@
+"""Shared tiny configs and fixtures: CPU-sized models and the offline datasets, loaded once per session."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny shapes: every model here trains for tens of steps in well under a second on one core.
+torch.set_num_threads(1)
+
+MNIST_CFG = {"name": "mnist5k", "val_frac": 0.1, "test_frac": 0.2, "split_seed": 0}
+TEXT_CFG = {"name": "shakespeare", "tokenizer": "char", "val_frac": 0.05, "test_frac": 0.05,
+            "max_chars": 100000, "split_seed": 0}
+
+_VIT = {
+    "family": "vit",
+    "arch": {"patch_size": 7, "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32,
+             "qkv_bias": True, "global_pool": "token"},
+    "train": {"steps": 40, "batch_size": 32, "lr": 0.003, "weight_decay": 0.01, "warmup_frac": 0.1,
+              "grad_clip": 1.0, "eval_every": 10, "patience": None, "eval_examples": 200, "eval_batch_size": 200},
+}
+_GPT2 = {
+    "family": "gpt2",
+    "arch": {"n_embd": 16, "n_layer": 1, "n_head": 2, "n_inner": 32, "n_positions": 16,
+             "activation_function": "gelu_new", "dropout": 0.0, "tie_word_embeddings": False},
+    "train": {"steps": 40, "batch_size": 16, "lr": 0.01, "weight_decay": 0.01, "warmup_frac": 0.1,
+              "grad_clip": 1.0, "eval_every": 10, "patience": None, "eval_examples": 32, "eval_batch_size": 32},
+}
+
+
+def vit_cfg(arch: dict | None = None, **train) -> dict:
+    """A tiny ViT model section (`family`, `arch`, `train`), with overrides."""
+    cfg = copy.deepcopy(_VIT)
+    cfg["arch"].update(arch or {})
+    cfg["train"].update(train)
+    return cfg
+
+
+def gpt2_cfg(arch: dict | None = None, **train) -> dict:
+    """A tiny GPT-2 model section (`family`, `arch`, `train`), with overrides."""
+    cfg = copy.deepcopy(_GPT2)
+    cfg["arch"].update(arch or {})
+    cfg["train"].update(train)
+    return cfg
+
+
+def model_cfg(family: str, arch: dict | None = None, **train) -> dict:
+    return {"vit": vit_cfg, "gpt2": gpt2_cfg}[family](arch, **train)
+
+
+def data_cfg(family: str) -> dict:
+    return dict(MNIST_CFG if family == "vit" else TEXT_CFG)
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from lmcbench.data import load_dataset
+
+    return load_dataset(MNIST_CFG)
+
+
+@pytest.fixture(scope="session")
+def shakespeare():
+    from lmcbench.data import load_dataset
+
+    return load_dataset(TEXT_CFG)
+
+
+@pytest.fixture(scope="session")
+def datasets(mnist, shakespeare):
+    """family -> its dataset."""
+    return {"vit": mnist, "gpt2": shakespeare}
+
+
+def fresh_model(cfg: dict, dataset, seed: int):
+    """Build a model exactly as `train_job` does: seed first, then initialise."""
+    from lmcbench.models import build_model
+    from lmcbench.training import seed_everything
+
+    seed_everything(seed)
+    return build_model(cfg, dataset.meta)

@@ -1,0 +1,246 @@
+"""The Snakemake workflow: the whole DAG, config validation before any job, and (slow) the full smoke run."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from itertools import combinations
+from math import comb
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "workflow" / "config"
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+RULES = {"train", "glmc_pairwise", "glmc_tables", "glmc_figures", "training_report", "all"}
+
+
+def _env():
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def snakemake(*args, cwd=ROOT, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def dry_run(configfile: Path | None = None, cwd=ROOT) -> subprocess.CompletedProcess:
+    # --forceall: list every job even when results/ already holds outputs; --nolock: never touch a running lock
+    args = ["-n", "--forceall", "--cores", "2", "--nolock"]
+    if configfile is not None:
+        args += ["--configfile", str(configfile)]
+    return snakemake(*args, cwd=cwd)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Snakemake's --configfile semantics: nested dicts are merged, everything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+
+
+def profile_config(name: str) -> dict:
+    default = load("default")
+    return default if name == "default" else merge(default, load(name))
+
+
+def job_stats(output: str) -> dict[str, int]:
+    assert "Job stats:" in output, output[-3000:]
+    stats = {}
+    for line in output.split("Job stats:", 1)[1].splitlines():
+        m = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
+        if m:
+            if m.group(1) == "total":
+                stats["total"] = int(m.group(2))
+                break
+            stats[m.group(1)] = int(m.group(2))
+    return stats
+
+
+# ----------------------------------------------------------------------------- (a) the whole DAG
+@pytest.mark.parametrize("profile", ["default", "smoke"])
+def test_dry_run_lists_the_whole_dag(profile):
+    config = profile_config(profile)
+    result = dry_run(None if profile == "default" else CONFIG_DIR / f"{profile}.yaml")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    stats = job_stats(out)
+    assert set(stats) - {"total"} == RULES
+    n_models, n_seeds = len(config["models"]), len(config["seeds"])
+    glmc_models = config["glmc"].get("models") or list(config["models"])
+    assert stats["train"] == n_models * n_seeds
+    assert stats["glmc_pairwise"] == len(glmc_models) * len(config["glmc"]["methods"]) * comb(n_seeds, 2)
+    for rule in ("glmc_tables", "glmc_figures", "training_report", "all"):
+        assert stats[rule] == 1
+    assert stats["total"] == sum(v for k, v in stats.items() if k != "total")
+    for model in config["models"]:
+        for seed in config["seeds"]:
+            assert f"results/models/{model}/seed{seed}/model.safetensors" in out
+    for model in glmc_models:
+        for method in config["glmc"]["methods"]:
+            for a, b in combinations(sorted(config["seeds"]), 2):
+                assert f"results/glmc/pairwise/{model}/{method}/s{a}-s{b}/barriers.csv" in out
+    assert "dry-run" in out
+
+
+# ----------------------------------------------------------------------------- (b) invalid configs
+def _set(config: dict, dotted: str, value) -> dict:
+    config = copy.deepcopy(config)
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return config
+
+
+BAD_CONFIGS = [
+    pytest.param("models.vit.arch.embed_dimm", 32, "embed_dimm", id="unknown-arch-key"),
+    pytest.param("barrier.pointz", 11, "pointz", id="unknown-barrier-key"),
+    pytest.param("models.gpt2.train.stepz", 10, "stepz", id="unknown-train-key"),
+    pytest.param("seeds", "zero", "zero", id="seeds-wrong-type"),
+    pytest.param("barrier.points", "eleven", "eleven", id="points-wrong-type"),
+    pytest.param("models.vit.family", "resnet", "resnet", id="unknown-family"),
+]
+
+
+def _write_bad(tmp_path, dotted, value) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_set(load("smoke"), dotted, value)))
+    return path
+
+
+@pytest.mark.parametrize(("dotted", "value", "named"), BAD_CONFIGS)
+def test_dry_run_rejects_invalid_config(tmp_path, dotted, value, named):
+    result = dry_run(_write_bad(tmp_path, dotted, value))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Error validating config file" in out, out[-3000:]
+    assert named in out
+    assert "Job stats:" not in out and "rule train:" not in out  # rejected before the DAG is even built
+
+
+@pytest.mark.parametrize(("dotted", "value", "named"), BAD_CONFIGS)
+def test_schema_rejects_invalid_config(dotted, value, named):
+    from snakemake.utils import validate
+
+    config = _set(profile_config("smoke"), dotted, value)
+    with pytest.raises(Exception, match=re.escape(named)):
+        validate(config, str(SCHEMA))
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_schema_accepts_every_shipped_profile(profile):
+    from snakemake.utils import validate
+
+    validate(profile_config(profile), str(SCHEMA))
+
+
+def test_schema_rejects_missing_required_and_out_of_range():
+    from snakemake.utils import validate
+
+    config = profile_config("smoke")
+    broken = copy.deepcopy(config)
+    del broken["models"]["vit"]["arch"]["embed_dim"]
+    with pytest.raises(Exception, match="embed_dim"):
+        validate(broken, str(SCHEMA))
+    with pytest.raises(Exception, match="1.5"):
+        validate(_set(config, "datasets.images.val_frac", 1.5), str(SCHEMA))
+    with pytest.raises(Exception):
+        validate(_set(config, "seeds", [0]), str(SCHEMA))  # one seed makes no pair
+
+
+def test_invalid_config_runs_no_job(tmp_path):
+    """Not a dry run: the copy of the workflow must fail at validation and leave no output behind."""
+    workdir = tmp_path / "wf"
+    _copy_workflow(workdir)
+    bad = _write_bad(tmp_path, "barrier.points", "eleven")
+    result = snakemake("--cores", "1", "--configfile", str(bad), cwd=workdir)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "eleven" in out
+    assert sorted(p.name for p in (workdir / "results").iterdir()) == ["reference"]
+
+
+# ----------------------------------------------------------------------------- (c) dangling dataset
+def test_model_with_unknown_dataset_is_rejected(tmp_path):
+    path = tmp_path / "dangling.yaml"
+    path.write_text(yaml.safe_dump(_set(load("smoke"), "models.vit.dataset", "imagez")))
+    result = dry_run(path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "imagez" in out and "models.vit.dataset" in out
+    assert "Job stats:" not in out
+
+
+# ----------------------------------------------------------------------------- (d) the full smoke run
+def _copy_workflow(dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
+    shutil.copytree(ROOT / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "results" / "reference", dest / "results" / "reference")
+
+
+BARRIER_COLUMNS = ["experiment", "model", "dataset", "method", "seed_a", "seed_b", "split", "metric", "barrier",
+                   "barrier_midpoint", "run_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_full_smoke_workflow(tmp_path):
+    _copy_workflow(tmp_path)
+    result = snakemake("--cores", "2", "--configfile", "workflow/config/smoke.yaml", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    config = profile_config("smoke")
+
+    tables, figures = tmp_path / "results" / "tables", tmp_path / "results" / "figures"
+    for name in ("training.csv", "glmc_barriers.csv", "glmc_curves.csv", "glmc_summary.csv", "glmc_summary.tex"):
+        assert (tables / name).stat().st_size > 0, name
+    pngs = sorted(figures.glob("*.png"))
+    assert {p.name for p in pngs} >= {"training_curves.png", "glmc_curves.png", "glmc_summary.png"}
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+    barriers = pd.read_csv(tables / "glmc_barriers.csv")
+    assert set(BARRIER_COLUMNS) <= set(barriers.columns)
+    n_pairs = comb(len(config["seeds"]), 2)
+    n_rows = len(config["models"]) * len(config["glmc"]["methods"]) * n_pairs * len(config["barrier"]["splits"]) * 2
+    assert len(barriers) == n_rows
+    assert barriers[["barrier", "barrier_midpoint"]].notna().all().all()
+    assert (barriers["barrier"] >= -1e-12).all()  # endpoints are on the grid
+
+    provenances = {}
+    for prov_file in (tmp_path / "results" / "glmc").rglob("provenance.json"):
+        provenances[json.loads(prov_file.read_text())["run_id"]] = prov_file
+    assert set(barriers["run_id"]) <= set(provenances), "every record's run_id names a provenance.json"
+    assert len(set(barriers["run_id"])) == len(config["models"]) * len(config["glmc"]["methods"]) * n_pairs
+
+    training = pd.read_csv(tables / "training.csv")
+    train_provs = {json.loads(p.read_text())["run_id"] for p in (tmp_path / "results" / "models").rglob("provenance.json")}
+    assert set(training["run_id"]) == train_provs
+    assert not list((tmp_path / "results").rglob("resume.pt"))
+
+    summary = pd.read_csv(tables / "glmc_summary.csv")
+    assert set(summary["n_pairs"]) == {n_pairs}
+    curves = pd.read_csv(tables / "glmc_curves.csv")
+    assert sorted(curves["lambda"].unique()) == pytest.approx(list(
+        [i / (config["barrier"]["points"] - 1) for i in range(config["barrier"]["points"])]))
+    tex = (tables / "glmc_summary.tex").read_text()
+    assert "\\begin{tabular}" in tex
+    for method in config["glmc"]["methods"]:
+        assert method in tex
