@@ -33,29 +33,39 @@ def default_grid(points: int = 11) -> np.ndarray:
 
 
 class Interpolator:
-    """Holds θ_A and θ_B as flat vectors over the floating-point entries of one architecture."""
+    """Holds the models' floating-point entries as the rows of one (models × parameters) matrix, so
+    any mixture Σ w_i θ_i (two-model λ paths, multi-model simplex points) is one matrix product."""
 
-    def __init__(self, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor], device="cpu"):
-        if state_a.keys() != state_b.keys():
-            only_a, only_b = sorted(state_a.keys() - state_b.keys()), sorted(state_b.keys() - state_a.keys())
-            raise ValueError(f"the two models have different parameters (only in A: {only_a[:5]}, only in B: {only_b[:5]}); "
-                             "interpolation needs one architecture")
-        mismatched = [k for k in state_a if state_a[k].shape != state_b[k].shape]
-        if mismatched:
-            k = mismatched[0]
-            raise ValueError(f"shape mismatch for {k}: {tuple(state_a[k].shape)} vs {tuple(state_b[k].shape)} "
-                             f"({len(mismatched)} parameters differ); interpolation needs one architecture")
+    def __init__(self, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                 *more: dict[str, torch.Tensor], device="cpu"):
+        states = (state_a, state_b, *more)
+        for i, other in enumerate(states[1:], start=1):
+            if other.keys() != state_a.keys():
+                only_a, only_b = sorted(state_a.keys() - other.keys()), sorted(other.keys() - state_a.keys())
+                raise ValueError(f"models 0 and {i} have different parameters (only in 0: {only_a[:5]}, "
+                                 f"only in {i}: {only_b[:5]}); interpolation needs one architecture")
+            mismatched = [k for k in state_a if state_a[k].shape != other[k].shape]
+            if mismatched:
+                k = mismatched[0]
+                raise ValueError(f"shape mismatch for {k}: {tuple(state_a[k].shape)} vs {tuple(other[k].shape)} "
+                                 f"({len(mismatched)} parameters differ); interpolation needs one architecture")
         self.float_keys = [k for k, v in state_a.items() if v.is_floating_point()]
         self.fixed = {k: v.to(device) for k, v in state_a.items() if not v.is_floating_point()}
         self.shapes = [state_a[k].shape for k in self.float_keys]
         self.sizes = [state_a[k].numel() for k in self.float_keys]
-        self.flat_a = torch.cat([state_a[k].reshape(-1).float() for k in self.float_keys]).to(device)
-        self.flat_b = torch.cat([state_b[k].reshape(-1).float() for k in self.float_keys]).to(device)
+        self.flat = torch.stack([torch.cat([sd[k].reshape(-1).float() for k in self.float_keys])
+                                 for sd in states]).to(device)
 
-    def at(self, lam: float) -> dict[str, torch.Tensor]:
-        flat = torch.lerp(self.flat_b, self.flat_a, float(lam))
+    def mix(self, weights) -> dict[str, torch.Tensor]:
+        """Σ_i weights[i]·θ_i as a state dict (views into one flat vector)."""
+        w = torch.as_tensor(weights, dtype=self.flat.dtype, device=self.flat.device)
+        flat = w @ self.flat
         params = dict(zip(self.float_keys, (t.view(s) for t, s in zip(flat.split(self.sizes), self.shapes))))
         return {**params, **self.fixed}
+
+    def at(self, lam: float) -> dict[str, torch.Tensor]:
+        """λ·θ_A + (1−λ)·θ_B (two-model path)."""
+        return self.mix([float(lam), 1.0 - float(lam)] + [0.0] * (len(self.flat) - 2))
 
 
 class BoundModel(nn.Module):
@@ -70,31 +80,90 @@ class BoundModel(nn.Module):
         return functional_call(self.model, self.tensors, args, kwargs, tie_weights=False, strict=False)
 
 
+def _evaluate_mixtures(model, task, states, weight_rows, splits, max_examples, batch_size, device, progress, label):
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
+    path = Interpolator(*states, device=device)
+    data = {split: task.eval_tensors(split, max_examples) for split in splits}
+    rows = []
+    for weights in tqdm(weight_rows, desc=label, disable=not progress):
+        bound = BoundModel(model, path.mix(weights))
+        for split, tensors in data.items():
+            for metric, value in evaluate(bound, task, tensors, batch_size, device).items():
+                rows.append({"weights": tuple(float(w) for w in weights), "split": split, "metric": metric,
+                             "value": value})
+    return pd.DataFrame(rows)
+
+
 def interpolation_curve(model: nn.Module, task: Task, state_a: dict, state_b: dict, lambdas=None,
                         splits=("train", "test"), max_examples: int | None = None, batch_size: int = 256,
                         device=None, progress: bool = False) -> pd.DataFrame:
     """Long table (lambda, split, metric, value) of loss and accuracy along the linear path."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     lambdas = default_grid() if lambdas is None else np.asarray(lambdas, dtype=float)
-    model = model.to(device).eval()
-    path = Interpolator(state_a, state_b, device)
-    data = {split: task.eval_tensors(split, max_examples) for split in splits}
+    curve = _evaluate_mixtures(model, task, [state_a, state_b], [(lam, 1 - lam) for lam in lambdas], splits,
+                               max_examples, batch_size, device, progress, "interpolate")
+    curve.insert(0, "lambda", curve.pop("weights").map(lambda w: w[0]))
+    return curve
+
+
+def simplex_grid(n_models: int, resolution: int) -> np.ndarray:
+    """All weight vectors on the simplex with coordinates in {0, 1/r, …, 1} (vertices included)."""
+    if n_models < 2 or resolution < 1:
+        raise ValueError("a simplex grid needs at least 2 models and resolution >= 1")
+    def compositions(total, parts):
+        if parts == 1:
+            yield (total,)
+            return
+        for first in range(total, -1, -1):
+            for rest in compositions(total - first, parts - 1):
+                yield (first, *rest)
+    return np.array(list(compositions(resolution, n_models)), dtype=float) / resolution
+
+
+def simplex_surface(model: nn.Module, task: Task, states: list[dict], resolution: int = 6,
+                    splits=("test",), max_examples: int | None = None, batch_size: int = 256,
+                    device=None, progress: bool = False) -> pd.DataFrame:
+    """Long table (w0, …, w_{n−1}, split, metric, value) over the simplex of n models' mixtures."""
+    surface = _evaluate_mixtures(model, task, states, simplex_grid(len(states), resolution), splits,
+                                 max_examples, batch_size, device, progress, "simplex")
+    weights = np.array(surface.pop("weights").tolist())
+    for i in range(weights.shape[1]):
+        surface.insert(i, f"w{i}", weights[:, i])
+    return surface
+
+
+def simplex_barriers(surface: pd.DataFrame) -> pd.DataFrame:
+    """Multi-model barrier per (split, metric): max over the grid of L(Σ w_i θ_i) − Σ w_i L(θ_i) (for
+    accuracy, the dip below the weighted endpoint accuracies), with the vertex values as endpoints."""
+    wcols = [c for c in surface.columns if c.startswith("w") and c[1:].isdigit()]
     rows = []
-    for lam in tqdm(lambdas, desc="interpolate", disable=not progress):
-        bound = BoundModel(model, path.at(lam))
-        for split, tensors in data.items():
-            for metric, value in evaluate(bound, task, tensors, batch_size, device).items():
-                rows.append({"lambda": float(lam), "split": split, "metric": metric, "value": value})
+    for (split, metric), group in surface.groupby(["split", "metric"], sort=True):
+        w = group[wcols].to_numpy()
+        values = group["value"].to_numpy()
+        vertices = np.array([values[np.isclose(w[:, i], 1.0)][0] for i in range(len(wcols))])
+        plane = w @ vertices
+        excess = (plane - values) if HIGHER_IS_BETTER[metric] else (values - plane)
+        i = int(np.argmax(excess))
+        centre = np.argmin(np.abs(w - 1.0 / len(wcols)).sum(1))
+        rows.append({"split": split, "metric": metric, "barrier": float(excess[i]),
+                     "barrier_midpoint": float(excess[centre]),
+                     "argmax_weights": " ".join(f"{x:.3f}" for x in w[i])})
     return pd.DataFrame(rows)
 
 
-def chord_barrier(lambdas, values, higher_is_better: bool = False) -> tuple[float, float]:
-    """(barrier, λ at the max) relative to the chord between the values at λ=0 and λ=1."""
+def _with_endpoints(lambdas, values) -> tuple[np.ndarray, np.ndarray]:
+    """The grid sorted by λ; both barrier definitions are relative to the values at λ=0 and λ=1."""
     lambdas, values = np.asarray(lambdas, float), np.asarray(values, float)
     order = np.argsort(lambdas)
     lambdas, values = lambdas[order], values[order]
     if not (np.isclose(lambdas[0], 0.0) and np.isclose(lambdas[-1], 1.0)):
-        raise ValueError("the chord barrier needs both endpoints λ=0 and λ=1 on the grid")
+        raise ValueError("a barrier needs both endpoints λ=0 and λ=1 on the grid")
+    return lambdas, values
+
+
+def chord_barrier(lambdas, values, higher_is_better: bool = False) -> tuple[float, float]:
+    """(barrier, λ at the max) relative to the chord between the values at λ=0 and λ=1."""
+    lambdas, values = _with_endpoints(lambdas, values)
     chord = values[0] + lambdas * (values[-1] - values[0])
     excess = (chord - values) if higher_is_better else (values - chord)
     i = int(np.argmax(excess))
@@ -103,10 +172,9 @@ def chord_barrier(lambdas, values, higher_is_better: bool = False) -> tuple[floa
 
 def midpoint_barrier(lambdas, values, higher_is_better: bool = False) -> float:
     """Value at λ=½ relative to the endpoints' mean (Git Re-Basin); ½ is interpolated if off-grid."""
-    lambdas, values = np.asarray(lambdas, float), np.asarray(values, float)
-    order = np.argsort(lambdas)
-    mid = float(np.interp(0.5, lambdas[order], values[order]))
-    mean_ends = 0.5 * (values[order][0] + values[order][-1])
+    lambdas, values = _with_endpoints(lambdas, values)
+    mid = float(np.interp(0.5, lambdas, values))
+    mean_ends = 0.5 * (values[0] + values[-1])
     return (mean_ends - mid) if higher_is_better else (mid - mean_ends)
 
 

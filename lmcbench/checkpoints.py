@@ -1,7 +1,12 @@
 """Model checkpoints: safetensors weights plus a config.json that rebuilds the architecture.
 
-For GPT-2 the config.json is also a valid Hugging Face config, so a checkpoint directory loads with
-`GPT2LMHeadModel.from_pretrained(directory)` as well as with `load_model`.
+A checkpoint is in one of three forms (`FORMS`): the library's own modules ("original"), GLMC's
+canonical form (LayerNorm → RMSNorm, "canonical"), or the attention circuit form on top of it
+("circuit", heads of size D+1). The form is a deterministic function of the module structure, so
+`load_model` rebuilds the original architecture, converts it, and loads the weights strictly.
+For GPT-2 in the original form, config.json is also a valid Hugging Face config, so the directory
+loads with `GPT2LMHeadModel.from_pretrained(directory)`; other forms deliberately omit the Hugging
+Face keys, so that a library loader fails loudly instead of building LayerNorms that are not there.
 """
 from __future__ import annotations
 
@@ -13,10 +18,29 @@ from lmcbench.io import load_checkpoint, save_checkpoint
 from lmcbench.models import architecture_config, build_model
 
 
-def save_model(directory: str | Path, model: nn.Module, model_cfg: dict, meta: dict, **info) -> Path:
-    hf = getattr(model, "config", None)  # a Hugging Face config makes the directory from_pretrained-loadable
-    config = hf.to_dict() if hasattr(hf, "to_dict") else {}
-    config["lmcbench"] = {**architecture_config(model_cfg, meta), **info}
+def _canonical(model: nn.Module) -> nn.Module:
+    from lmcbench.canonical import canonicalize
+
+    return canonicalize(model)
+
+
+def _circuit(model: nn.Module) -> nn.Module:
+    from lmcbench.canonical import canonicalize, circuit_form
+
+    return circuit_form(canonicalize(model))
+
+
+FORMS = {"original": lambda model: model, "canonical": _canonical, "circuit": _circuit}
+
+
+def save_model(directory: str | Path, model: nn.Module, model_cfg: dict, meta: dict, form: str = "original",
+               **info) -> Path:
+    """Write `model` (in `form`, built from `model_cfg` for data `meta`) as safetensors + config.json."""
+    if form not in FORMS:
+        raise ValueError(f"unknown checkpoint form {form!r}; known: {sorted(FORMS)}")
+    hf = getattr(model, "config", None)
+    config = hf.to_dict() if form == "original" and hasattr(hf, "to_dict") else {}
+    config["lmcbench"] = {**architecture_config(model_cfg, meta), "form": form, **info}
     return save_checkpoint(directory, model.state_dict(), config)
 
 
@@ -26,7 +50,7 @@ def load_model(directory: str | Path) -> tuple[nn.Module, dict]:
     if "lmcbench" not in config:
         raise ValueError(f"{Path(directory) / 'config.json'} has no 'lmcbench' section: not an lmcbench checkpoint")
     info = config["lmcbench"]
-    model = build_model(info["model"], info["meta"])
+    model = FORMS[info.get("form", "original")](build_model(info["model"], info["meta"]))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {directory} does not match its architecture: missing {missing[:5]}, "

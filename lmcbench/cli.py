@@ -3,6 +3,7 @@
   lmcbench train --config workflow/config/default.yaml --model vit --seed 0 --out results/models/vit/seed0
   lmcbench align A_DIR B_DIR --method vanilla --dataset mnist5k --out results/my_pair
   lmcbench matchers
+  lmcbench bench matching
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--log", help="append the log here instead of stderr")
 
-    p = sub.add_parser("align", help="align checkpoint B to A, write the aligned checkpoint and barrier curve")
+    p = sub.add_parser("align", help="align checkpoint B to A; write the aligned B (OUT/aligned_s*-s*/), "
+                                     "the barrier curve (OUT/curve.csv) and barriers (OUT/barriers.csv)")
     p.add_argument("a", help="reference checkpoint directory (λ = 1)")
     p.add_argument("b", help="checkpoint directory to align (λ = 0)")
     p.add_argument("--method", default="vanilla", help="a registered matcher (see `lmcbench matchers`)")
@@ -62,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", help="append the log here instead of stderr")
 
     sub.add_parser("matchers", help="list registered matchers")
+
+    p = sub.add_parser("bench", help="time GLMC weight matching on a random GPT-2 pair (default: GPT-2 small size)")
+    p.add_argument("what", choices=["matching"])
+    p.add_argument("--n-embd", type=int, default=768)
+    p.add_argument("--n-layer", type=int, default=12)
+    p.add_argument("--n-head", type=int, default=12)
+    p.add_argument("--vocab-size", type=int, default=50257)
+    p.add_argument("--iterations", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
     from lmcbench.runner import job_context
@@ -71,6 +82,16 @@ def main(argv: list[str] | None = None) -> int:
 
         for name, fn in sorted(MATCHERS.items()):
             print(f"{name:28s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+        return 0
+    if args.command == "bench":
+        import json
+
+        from lmcbench.bench import bench_matching
+
+        with job_context():
+            result = bench_matching(args.n_embd, args.n_layer, args.n_head, args.vocab_size,
+                                    iterations=args.iterations, threads=args.threads)
+        print(json.dumps(result, indent=2))
         return 0
     if args.command == "train":
         from lmcbench.jobs import train_job
@@ -83,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             train_job(args.out, args.model, model_cfg, config["datasets"][model_cfg["dataset"]], args.seed)
         return 0
     if args.command == "align":
-        from lmcbench.jobs import pairwise_job
+        from lmcbench.jobs import pairs_job
 
         barrier_cfg = {"points": args.points, "splits": args.splits, "max_examples": args.max_examples,
                        "batch_size": args.batch_size}
         with job_context(args.log):
-            table = pairwise_job(args.a, args.b, args.out, args.method, _dataset_cfg(args), barrier_cfg,
-                                 labels={"experiment": "pairwise"}, seed=args.seed)
+            table = pairs_job([(args.a, args.b)], args.out, args.method, _dataset_cfg(args), barrier_cfg,
+                              labels={"experiment": "pairwise"}, seed=args.seed, export=True)
         print(table[["split", "metric", "barrier", "barrier_midpoint", "argmax_lambda"]].to_string(index=False))
         return 0
     return 1

@@ -10,22 +10,22 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from lmcbench.barrier import barriers, default_grid, interpolation_curve
+from lmcbench.barrier import barriers, default_grid, interpolation_curve, simplex_barriers, simplex_surface
+from lmcbench.canonical import canonicalize, embed_width
 from lmcbench.checkpoints import load_model, save_model
 from lmcbench.data import load_dataset
-from lmcbench.io import atomic_path, provenance, run_id, write_json
+from lmcbench.io import provenance, run_id, write_json
 from lmcbench.matchers import MatchContext, get_matcher
+from lmcbench.matchers.universe import align_many
 from lmcbench.models import build_model
+from lmcbench.symmetry import layout_for
+from lmcbench.tables import write_csv
 from lmcbench.tasks import make_task
 from lmcbench.training import TrainConfig, seed_everything, train
 
 log = logging.getLogger(__name__)
-
-
-def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def train_job(out_dir: str | Path, model_name: str, model_cfg: dict, data_cfg: dict, seed: int,
@@ -42,7 +42,7 @@ def train_job(out_dir: str | Path, model_name: str, model_cfg: dict, data_cfg: d
              sum(p.numel() for p in model.parameters()))
     result = train(model, task, TrainConfig.from_dict(model_cfg["train"]), seed, workdir=out_dir, progress=progress)
     history = pd.DataFrame(result.history).assign(model=model_name, dataset=data.name, seed=seed, run_id=rid)
-    write_csv(out_dir / "history.csv", history)
+    write_csv(history, out_dir / "history.csv")
     write_json(out_dir / "provenance.json", {**provenance(job, seed), "run_id": rid,
                                              "best_val_loss": result.best_val_loss, "best_step": result.best_step,
                                              "stopped_early": result.stopped_early})
@@ -51,30 +51,106 @@ def train_job(out_dir: str | Path, model_name: str, model_cfg: dict, data_cfg: d
     return out_dir
 
 
-def pairwise_job(ckpt_a: str | Path, ckpt_b: str | Path, out_dir: str | Path, method: str, data_cfg: dict,
-                 barrier_cfg: dict, matcher_cfg: dict | None = None, labels: dict | None = None,
-                 seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """Align checkpoint B to A with `method`, then write the interpolation curve and its barriers."""
-    out_dir = Path(out_dir)
+def _check_same_architecture(info_a: dict, info_b: dict, where: str) -> None:
+    if info_a["model"] != info_b["model"] or info_a["meta"] != info_b["meta"]:
+        raise ValueError(f"{where}: the checkpoints have different architectures ({info_a['model']} vs "
+                         f"{info_b['model']}); align different widths with the width_hetero experiment")
+
+
+def _same_architecture(ckpt_a, ckpt_b, seed: int = 0):
+    """Pairwise preparation: both checkpoints as saved, which must share one architecture."""
     model_a, info_a = load_model(ckpt_a)
     model_b, info_b = load_model(ckpt_b)
-    if info_a["model"] != info_b["model"] or info_a["meta"] != info_b["meta"]:
-        raise ValueError(f"{ckpt_a} and {ckpt_b} have different architectures "
-                         f"({info_a['model']} vs {info_b['model']}); use a width-heterogeneous experiment instead")
-    job = {"job": "pairwise", "a": str(ckpt_a), "b": str(ckpt_b), "method": method, "data": data_cfg,
+    _check_same_architecture(info_a, info_b, f"{ckpt_a} vs {ckpt_b}")
+    return model_a, model_b, info_a, info_b, {}
+
+
+def _embedded_narrow(ckpt_wide, ckpt_narrow, seed: int = 0):
+    """Width-heterogeneous preparation: the canonical wide model, and the narrow one embedded exactly
+    into its width with a random semi-orthogonal map (GLMC §5, canonical form)."""
+    wide, info_w = load_model(ckpt_wide)
+    narrow, info_n = load_model(ckpt_narrow)
+    if info_w["meta"] != info_n["meta"]:
+        raise ValueError(f"{ckpt_wide} and {ckpt_narrow} were trained on different data ({info_w['meta']} vs {info_n['meta']})")
+    canon_wide = canonicalize(wide)
+    width = layout_for(canon_wide).width
+    embedded = embed_width(canonicalize(narrow), width, generator=torch.Generator().manual_seed(seed))
+    shapes_w = {k: tuple(v.shape) for k, v in canon_wide.state_dict().items()}
+    shapes_e = {k: tuple(v.shape) for k, v in embedded.state_dict().items()}
+    if shapes_w != shapes_e:
+        bad = sorted(k for k in shapes_w if shapes_w[k] != shapes_e.get(k))[:3]
+        raise ValueError(f"after embedding {ckpt_narrow} into width {width} its shapes differ from {ckpt_wide} at "
+                         f"{bad}: the narrow model needs the same depth and head count and the same MLP ratio")
+    return canon_wide, embedded, info_w, info_n, {"width_a": width, "width_b": layout_for(narrow).width}
+
+
+PREPARE = {"pairwise": _same_architecture, "width_hetero": _embedded_narrow}
+
+
+def pairs_job(pairs: list[tuple[str | Path, str | Path]], out_dir: str | Path, method: str, data_cfg: dict,
+              barrier_cfg: dict, matcher_cfg: dict | None = None, labels: dict | None = None, seed: int = 0,
+              experiment: str = "pairwise", export: bool = False, progress: bool = True) -> pd.DataFrame:
+    """For each (A, B) checkpoint pair: align B to A with `method` and interpolate. Writes curve.csv
+    and barriers.csv (all pairs, one row set per pair), provenance.json, and with `export` each
+    aligned B as a checkpoint `aligned_s{a}-s{b}/` that computes what the aligned model computes.
+
+    experiment: "pairwise" (one architecture) or "width_hetero" (B narrower, embedded into A's width).
+    One job per (model, method) loads the data once and amortises start-up over the pairs."""
+    out_dir = Path(out_dir)
+    job = {"job": experiment, "pairs": [[str(a), str(b)] for a, b in pairs], "method": method, "data": data_cfg,
            "barrier": barrier_cfg, "matcher": matcher_cfg or {}, "seed": seed}
     rid = run_id(job)
+    task, curves, tables, infos = None, [], [], []
+    for ckpt_a, ckpt_b in pairs:
+        model_a, model_b, info_a, info_b, extra = PREPARE[experiment](ckpt_a, ckpt_b, seed=seed)
+        if task is None:
+            task = make_task(load_dataset(data_cfg), info_a["model"])
+        seed_everything(seed)
+        alignment = get_matcher(method)(model_a, model_b, MatchContext(task, matcher_cfg or {}, seed))
+        curve = interpolation_curve(alignment.template, task, alignment.state_a, alignment.state_b,
+                                    lambdas=default_grid(barrier_cfg["points"]), splits=barrier_cfg["splits"],
+                                    max_examples=barrier_cfg.get("max_examples"),
+                                    batch_size=barrier_cfg["batch_size"], progress=progress)
+        keys = {"method": method, "seed_a": info_a["seed"], "seed_b": info_b["seed"], **(labels or {}), **extra,
+                "run_id": rid}
+        curves.append(curve.assign(**keys))
+        tables.append(barriers(curve).assign(**keys))
+        infos.append({"a": str(ckpt_a), "b": str(ckpt_b), "form": alignment.form, **alignment.info})
+        log.info("%s s%s-s%s: %s", method, info_a["seed"], info_b["seed"],
+                 tables[-1][["split", "metric", "barrier", "barrier_midpoint"]].to_string(index=False))
+        if export:
+            alignment.template.load_state_dict(alignment.state_b)
+            save_model(out_dir / f"aligned_s{info_a['seed']}-s{info_b['seed']}", alignment.template,
+                       info_a["model"], info_a["meta"], form=alignment.form, seed=info_b["seed"],
+                       aligned_to=str(ckpt_a), method=method, run_id=rid)
+    table = pd.concat(tables, ignore_index=True)
+    write_csv(pd.concat(curves, ignore_index=True), out_dir / "curve.csv")
+    write_csv(table, out_dir / "barriers.csv")
+    write_json(out_dir / "provenance.json", {**provenance(job, seed), "run_id": rid, "alignments": infos})
+    return table
+
+
+def multi_model_job(ckpts: list[str | Path], out_dir: str | Path, method: str, data_cfg: dict, simplex_cfg: dict,
+                    matcher_cfg: dict | None = None, labels: dict | None = None, seed: int = 0,
+                    progress: bool = True) -> pd.DataFrame:
+    """Align N ≥ 3 checkpoints to a universe (GLMC §5) and evaluate their mixtures on a simplex grid."""
+    if len(ckpts) < 3:
+        raise ValueError(f"multi-model alignment needs at least 3 checkpoints, got {len(ckpts)}")
+    loaded = [load_model(c) for c in ckpts]
+    for (_, info), ckpt in zip(loaded[1:], ckpts[1:]):
+        _check_same_architecture(loaded[0][1], info, f"{ckpts[0]} vs {ckpt}")
+    job = {"job": "multi_model", "models": [str(c) for c in ckpts], "method": method, "data": data_cfg,
+           "simplex": simplex_cfg, "matcher": matcher_cfg or {}, "seed": seed}
     seed_everything(seed)
-    task = make_task(load_dataset(data_cfg), info_a["model"])
-    alignment = get_matcher(method)(model_a, model_b, MatchContext(task, matcher_cfg or {}, seed))
-    curve = interpolation_curve(alignment.template, task, alignment.state_a, alignment.state_b,
-                                lambdas=default_grid(barrier_cfg["points"]), splits=barrier_cfg["splits"],
-                                max_examples=barrier_cfg.get("max_examples"), batch_size=barrier_cfg["batch_size"],
-                                progress=progress)
-    keys = {"method": method, "seed_a": info_a["seed"], "seed_b": info_b["seed"], **(labels or {}), "run_id": rid}
-    table = barriers(curve).assign(**keys)
-    write_csv(out_dir / "curve.csv", curve.assign(**keys))
-    write_csv(out_dir / "barriers.csv", table)
-    write_json(out_dir / "provenance.json", {**provenance(job, seed), "run_id": rid, "alignment": alignment.info})
-    log.info("%s: %s", method, table[["split", "metric", "barrier", "barrier_midpoint"]].to_string(index=False))
+    task = make_task(load_dataset(data_cfg), loaded[0][1]["model"])
+    template, states, info = align_many([m for m, _ in loaded], method, MatchContext(task, matcher_cfg or {}, seed))
+    surface = simplex_surface(template, task, states, simplex_cfg["resolution"], simplex_cfg["splits"],
+                              simplex_cfg.get("max_examples"), simplex_cfg["batch_size"], progress=progress)
+    keys = {"method": method, "seeds": "-".join(str(i["seed"]) for _, i in loaded), **(labels or {}),
+            "run_id": run_id(job)}
+    table = simplex_barriers(surface).assign(**keys)
+    out_dir = Path(out_dir)
+    write_csv(surface.assign(**keys), out_dir / "surface.csv")
+    write_csv(table, out_dir / "barriers.csv")
+    write_json(out_dir / "provenance.json", {**provenance(job, seed), "run_id": keys["run_id"], "alignment": info})
     return table

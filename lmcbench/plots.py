@@ -26,14 +26,15 @@ def training_curves(history: pd.DataFrame, path: str | Path, profile: str = "") 
     _save(grid, path, f"Training: validation loss ({profile} profile, {history['seed'].nunique()} seeds)")
 
 
-def interpolation_curves(curves: pd.DataFrame, path: str | Path, profile: str = "") -> None:
+def interpolation_curves(curves: pd.DataFrame, path: str | Path, profile: str = "",
+                         title: str = "Linear interpolation") -> None:
     """Loss and accuracy along λ per method (mean and 95% CI over seed pairs), per model and split."""
     curves = curves.assign(panel=curves["model"] + " · " + curves["split"])
     grid = sns.relplot(data=curves, x="lambda", y="value", hue="method", row="metric", col="panel", kind="line",
                        marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
     grid.set_axis_labels("λ (1 = model A, 0 = aligned model B)", "")
     n_pairs = curves.groupby(["model", "method"])[["seed_a", "seed_b"]].apply(lambda f: len(f.drop_duplicates())).max()
-    _save(grid, path, f"Linear interpolation ({profile} profile, {n_pairs} seed pairs per method)")
+    _save(grid, path, f"{title} ({profile} profile, {n_pairs} seed pairs per method)")
 
 
 def barrier_summary(barriers: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test") -> None:
@@ -43,3 +44,20 @@ def barrier_summary(barriers: pd.DataFrame, path: str | Path, profile: str = "",
                        errorbar="sd", sharey=False, height=2.8, aspect=1.4)
     grid.set_xticklabels(rotation=30, ha="right")
     _save(grid, path, f"Chord barrier on the {split} split ({profile} profile)")
+
+
+def simplex_heatmap(surface: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test",
+                    metric: str = "loss") -> None:
+    """Three-model mixtures drawn in barycentric coordinates, coloured by the metric, one panel per method."""
+    part = surface[(surface["split"] == split) & (surface["metric"] == metric)]
+    part = part.assign(x=part["w1"] + part["w2"] / 2, y=part["w2"] * 3 ** 0.5 / 2)
+    grid = sns.relplot(data=part, x="x", y="y", hue="value", col="method", row="model", palette="viridis",
+                       s=220, marker="h", height=3, aspect=1.1, facet_kws={"sharex": True, "sharey": True})
+    for ax in grid.axes.flat:
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for (vx, vy), label in zip([(0, 0), (1, 0), (0.5, 3 ** 0.5 / 2)], ["θ₀", "θ₁", "θ₂"]):
+            ax.annotate(label, (vx, vy), textcoords="offset points", xytext=(0, -14 if vy == 0 else 8), ha="center")
+    grid.set_axis_labels("", "")
+    _save(grid, path, f"Three-model {split} {metric} over the simplex ({profile} profile)")

@@ -59,8 +59,9 @@ def attach_reference(summary: pd.DataFrame, reference: pd.DataFrame) -> pd.DataF
         family = FAMILY_OF_DATASET.get(row["dataset"])
         fallback = candidates[(candidates["family"] == family) & candidates["default_for_family"]]
         match = exact if len(exact) else fallback
+        comparable = row["split"] == "test" and row.get("experiment", "pairwise") == "pairwise"
         extra = match.iloc[0][["paper_dataset", "paper_mean", "paper_std", "source", "checked_against_paper"]] \
-            if len(match) and row["split"] == "test" else pd.Series(dtype=object)
+            if len(match) and comparable else pd.Series(dtype=object)
         rows.append({**row.to_dict(), **extra.to_dict()})
     return pd.DataFrame(rows)
 
@@ -80,11 +81,15 @@ def latex_summary(summary: pd.DataFrame, split: str = "test", metric: str = "los
 
 
 def glmc_tables(barrier_files: Iterable[str | Path], outputs, reference: str | Path) -> pd.DataFrame:
-    """Write glmc_barriers.csv, glmc_curves.csv, glmc_summary.csv and glmc_summary.tex."""
+    """Write glmc_barriers.csv (all experiments), glmc_curves.csv (pairwise and width-heterogeneous
+    λ curves), glmc_simplex.csv (multi-model surfaces), glmc_summary.csv and glmc_summary.tex."""
     barrier_files = [Path(p) for p in barrier_files]
     barriers = concat_csv(barrier_files, outputs.barriers)
-    concat_csv([p.with_name("curve.csv") for p in barrier_files], outputs.curves)
-    summary = attach_reference(summarise_barriers(barriers), pd.read_csv(reference))
+    multi = [p for p in barrier_files if "multi_model" in p.parts]
+    concat_csv([p.with_name("curve.csv") for p in barrier_files if p not in multi], outputs.curves)
+    concat_csv([p.with_name("surface.csv") for p in multi], outputs.simplex)
+    summary = summarise_barriers(barriers, keys=("experiment", "model", "dataset", "method", "split", "metric"))
+    summary = attach_reference(summary, pd.read_csv(reference))
     write_csv(summary, outputs.summary)
-    write_text(latex_summary(summary), outputs.latex)
+    write_text(latex_summary(summary[summary["experiment"] == "pairwise"]), outputs.latex)
     return summary

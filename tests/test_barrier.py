@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import fresh_model, gpt2_cfg, vit_cfg
-from lmcbench.barrier import Interpolator, barriers, chord_barrier, default_grid, interpolation_curve, midpoint_barrier
+from lmcbench.barrier import (Interpolator, barriers, chord_barrier, default_grid, interpolation_curve, midpoint_barrier,
+                              simplex_barriers, simplex_grid)
 from lmcbench.tasks import evaluate, make_task
 
 GRID = np.linspace(0.0, 1.0, 11)
@@ -93,11 +94,9 @@ def test_chord_barrier_needs_both_endpoints(lam):
         chord_barrier(lam, bump_loss(lam))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG lmcbench/barrier.py midpoint_barrier: no endpoint check; with λ=0 or "
-                                       "λ=1 missing it silently uses the outermost grid points as the 'endpoints'")
 @pytest.mark.parametrize("lam", [np.linspace(0.1, 1.0, 10), np.linspace(0.0, 0.9, 10)])
 def test_midpoint_barrier_needs_both_endpoints(lam):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="endpoint"):
         midpoint_barrier(lam, bump_loss(lam))
 
 
@@ -180,6 +179,57 @@ def test_interpolator_rejects_different_shapes():
     b["fc.weight"] = torch.zeros(4, 4)
     with pytest.raises(ValueError, match=r"fc\.weight"):
         Interpolator(a, b)
+
+
+def test_interpolator_mixes_several_models():
+    a, b = _states()
+    c = {k: (v * 3 + 1 if v.is_floating_point() else v + 5) for k, v in a.items()}
+    path = Interpolator(a, b, c)
+    for i, state in enumerate((a, b, c)):
+        vertex = path.mix(np.eye(3)[i])
+        assert all(torch.equal(vertex[k], state[k]) for k in ("fc.weight", "fc.bias"))
+    mixed = path.mix([0.2, 0.3, 0.5])
+    for key in ("fc.weight", "fc.bias"):
+        assert torch.allclose(mixed[key], 0.2 * a[key] + 0.3 * b[key] + 0.5 * c[key], atol=1e-6)
+    assert torch.equal(mixed["idx"], a["idx"])  # integer entries still come from the first model
+    bad = dict(c, **{"fc.bias": torch.zeros(5)})
+    with pytest.raises(ValueError, match=r"fc\.bias"):
+        Interpolator(a, b, bad)
+
+
+@pytest.mark.parametrize(("n", "r"), [(2, 4), (3, 3), (4, 2)])
+def test_simplex_grid(n, r):
+    from math import comb
+
+    grid = simplex_grid(n, r)
+    assert grid.shape == (comb(r + n - 1, n - 1), n)
+    assert np.allclose(grid.sum(1), 1.0) and (grid >= 0).all()
+    assert np.allclose(grid * r, np.round(grid * r))
+    assert len({tuple(row) for row in grid}) == len(grid)
+    for vertex in np.eye(n):
+        assert any(np.allclose(row, vertex) for row in grid)
+    if n == 2:
+        assert sorted(grid[:, 0]) == pytest.approx(np.linspace(0, 1, r + 1))
+    with pytest.raises(ValueError):
+        simplex_grid(1, 3)
+
+
+def test_simplex_barriers_on_an_analytic_surface():
+    grid = simplex_grid(3, 3)  # contains the centre (⅓, ⅓, ⅓)
+    vertices = {"loss": np.array([1.0, 1.5, 2.0]), "accuracy": np.array([0.9, 0.8, 0.85])}
+    height = {"loss": 0.6, "accuracy": 0.2}
+    rows = []
+    for metric, vals in vertices.items():
+        sign = 1.0 if metric == "loss" else -1.0
+        for w in grid:
+            value = w @ vals + sign * height[metric] * 27 * w.prod()  # 27·w0·w1·w2 peaks at 1 in the centre
+            rows.append({"w0": w[0], "w1": w[1], "w2": w[2], "split": "test", "metric": metric, "value": value})
+    table = simplex_barriers(pd.DataFrame(rows))
+    assert len(table) == 2
+    for _, row in table.iterrows():
+        assert row["barrier"] == pytest.approx(height[row["metric"]], abs=1e-12)
+        assert row["barrier_midpoint"] == pytest.approx(height[row["metric"]], abs=1e-12)
+        assert [float(x) for x in row["argmax_weights"].split()] == pytest.approx([1 / 3] * 3, abs=1e-3)
 
 
 # ----------------------------------------------------------------------------- real sweep

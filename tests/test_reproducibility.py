@@ -66,7 +66,7 @@ def test_same_seed_same_barrier(two_pipelines):
 def _check_common_provenance(prov):
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", prov["git_commit"])
     assert set(PROVENANCE_PACKAGES) <= set(prov["versions"])
-    assert prov["versions"]["torch"] == torch.__version__
+    assert prov["versions"]["torch"] == torch.__version__.split("+")[0]
     assert prov["python"] and prov["platform"]
     assert re.fullmatch(r"[0-9a-f]{12}", prov["run_id"])
 

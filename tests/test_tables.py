@@ -112,6 +112,14 @@ def test_attach_reference_prefers_exact_dataset_then_family_default():
             assert row["source"] == "test"
 
 
+def test_attach_reference_only_for_pairwise_experiments():
+    summary = _summary_rows([("vit", "mnist5k", "vanilla", "test", "loss")] * 3)
+    summary.insert(0, "experiment", ["pairwise", "width_hetero", "multi_model"])
+    out = attach_reference(summary, reference_table())
+    assert out.loc[0, "paper_mean"] == pytest.approx(1.69)
+    assert out.loc[1:, "paper_mean"].isna().all()
+
+
 def test_attach_reference_with_the_shipped_table():
     reference = pd.read_csv(ROOT / "results" / "reference" / "glmc_table1.csv")
     assert {"family", "dataset", "default_for_family", "method", "metric", "mean", "std", "source",

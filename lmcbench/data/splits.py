@@ -10,10 +10,11 @@ def _check_fracs(val_frac: float, test_frac: float) -> None:
 
 
 def stratified_split(y: np.ndarray, val_frac: float, test_frac: float, seed: int) -> tuple[np.ndarray, ...]:
-    """Indices (train, val, test), each sorted, drawn per class with a seeded Generator.
+    """Indices (train, val, test) drawn per class with a seeded Generator, each in a seeded random order.
 
-    Per-class draws keep the class balance in every split; the seed makes the same config give
-    the same split on every machine.
+    Per-class draws keep the class balance in every split; the shuffled order makes any prefix of
+    a split (evaluation on `max_examples`) a class-balanced sample; the seed makes the same config
+    give the same split on every machine.
     """
     _check_fracs(val_frac, test_frac)
     rng = np.random.default_rng(seed)
@@ -24,7 +25,7 @@ def stratified_split(y: np.ndarray, val_frac: float, test_frac: float, seed: int
         parts[2].append(idx[:n_test])
         parts[1].append(idx[n_test : n_test + n_val])
         parts[0].append(idx[n_test + n_val :])
-    return tuple(np.sort(np.concatenate(p)) for p in parts)
+    return tuple(rng.permutation(np.concatenate(p)) for p in parts)
 
 
 def contiguous_split(text: str, val_frac: float, test_frac: float) -> tuple[str, str, str]:

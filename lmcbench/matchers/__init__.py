@@ -21,6 +21,7 @@ class Alignment:
     state_a: dict[str, torch.Tensor]
     state_b: dict[str, torch.Tensor]   # model B, transformed to line up with A
     info: dict = field(default_factory=dict)
+    form: str = "original"              # "original", "canonical" or "circuit": see lmcbench.checkpoints.FORMS
 
 
 @dataclass

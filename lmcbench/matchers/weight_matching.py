@@ -90,6 +90,11 @@ def perm_weight_matching(model_a: nn.Module, model_b: nn.Module, context: MatchC
 
 
 # --------------------------------------------------------------------------------------------- GLMC
+def ensure_canonical(model: nn.Module) -> nn.Module:
+    """The canonical form of `model`; a model already in it (gain-free RMSNorms) is returned as is."""
+    return model if layout_for(model).residual_group == "orth" else canonicalize(model)
+
+
 def _residual_only_params(spec: SymmetrySpec) -> set[str]:
     """Parameters no other space touches: embeddings, positions, unembedding, norm offsets. GLMC's
     first residual step uses only these, because inner-layer rows are comparable only once heads
@@ -129,7 +134,7 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     (orthogonal Procrustes, or a permutation with residual="perm"), head assignment on circuit
     distances and MLP assignment, for `iterations` rounds or until a round changes nothing.
     Returns (canonical A, aligner holding the aligned canonical B and the element found)."""
-    canon_a, canon_b = canonicalize(model_a), canonicalize(model_b)
+    canon_a, canon_b = ensure_canonical(model_a), ensure_canonical(model_b)
     spec = spec_for(canon_a)
     layout = layout_for(canon_a)
     aligner = Aligner(spec, _state(canon_a), _state(canon_b))
@@ -156,10 +161,10 @@ def finish(canon_a: nn.Module, state_b: dict[str, Tensor], circuits: bool, info:
     the attention circuit form, where interpolation merges QK/OV circuits (GLMC's invertible class,
     as the official code does)."""
     if not circuits:
-        return Alignment(canon_a, _state(canon_a), state_b, info)
+        return Alignment(canon_a, _state(canon_a), state_b, info, form="canonical")
     circuit_a = circuit_form(canon_a)
     circuit_b = circuit_form(as_model(canon_a, state_b))
-    return Alignment(circuit_a, _state(circuit_a), _state(circuit_b), {**info, "circuits": True})
+    return Alignment(circuit_a, _state(circuit_a), _state(circuit_b), info, form="circuit")
 
 
 @register("glmc_weight_matching")

@@ -21,11 +21,11 @@ from lmcbench.symmetry.spec import (
     SymmetrySpec,
     spec_from_layout,
 )
-from lmcbench.symmetry.specs import architecture_for, gpt2_spec, layout_for, spec_for, vit_spec
+from lmcbench.symmetry.specs import architecture_for, layout_for, spec_for
 
 __all__ = [
     "ADMITS", "GROUPS", "Action", "AttentionSite", "Layout", "MlpSite", "NormSite", "Ref", "Space",
-    "SymmetrySpec", "apply", "architecture_for", "gpt2_spec", "layout_for", "perm_matrix",
+    "SymmetrySpec", "apply", "architecture_for", "layout_for", "perm_matrix",
     "random_invertible", "random_orthogonal", "random_permutation", "random_semiperm",
-    "sample_element", "spec_for", "spec_from_layout", "vit_spec",
+    "sample_element", "spec_for", "spec_from_layout",
 ]

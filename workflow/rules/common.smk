@@ -14,12 +14,25 @@ wildcard_constraints:
     seed_b=r"\d+",
 
 
+def _require_model(name, where):
+    if name not in config["models"]:
+        raise ValueError(f"config error: {where} = {name!r} is not a key of `models` (known: {sorted(config['models'])})")
+
+
 for _name, _model in config["models"].items():
     if _model["dataset"] not in config["datasets"]:
         raise ValueError(
             f"config error: models.{_name}.dataset = {_model['dataset']!r} is not a key of `datasets` "
             f"(known: {sorted(config['datasets'])})"
         )
+
+
+def model_seeds(model):
+    return sorted(config["models"][model].get("seeds", SEEDS))
+
+
+def checkpoint(model, seed):
+    return f"{RESULTS}/models/{model}/seed{seed}/model.safetensors"
 
 
 def dataset_cfg(model):

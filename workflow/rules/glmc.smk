@@ -1,50 +1,131 @@
-# GLMC: align every pair of seeds with every registered matcher, interpolate, tabulate, plot.
+# GLMC: align every pair of seeds with every registered matcher, a narrow model with a wide one,
+# and three models to a universe; interpolate; tabulate; plot.
 
-GLMC_MODELS = config["glmc"].get("models") or list(config["models"])
-GLMC_PAIRWISE = expand(
-    f"{RESULTS}/glmc/pairwise/{{model}}/{{method}}/s{{pair}}/barriers.csv",
-    model=GLMC_MODELS,
-    method=config["glmc"]["methods"],
-    pair=[f"{a}-s{b}" for a, b in SEED_PAIRS],
+GLMC = config["glmc"]
+GLMC_MODELS = GLMC.get("models") or list(config["models"])
+HETERO = GLMC.get("width_hetero", {"pairs": [], "methods": []})
+MULTI = GLMC.get("multi_model", {"models": [], "methods": []})
+NARROW_OF = {p["wide"]: p["narrow"] for p in HETERO["pairs"]}
+for _m in GLMC_MODELS + list(NARROW_OF) + list(NARROW_OF.values()) + MULTI["models"]:
+    _require_model(_m, "a model named in glmc")
+
+GLMC_OUTPUTS = (
+    [f"{RESULTS}/glmc/pairwise/{m}/{method}/barriers.csv" for m in GLMC_MODELS for method in GLMC["methods"]]
+    + [f"{RESULTS}/glmc/width_hetero/{wide}/{method}/barriers.csv" for wide in NARROW_OF for method in HETERO["methods"]]
+    + [f"{RESULTS}/glmc/multi_model/{m}/{method}/barriers.csv" for m in MULTI["models"] for method in MULTI["methods"]]
 )
+
+
+def seed_pairs(model):
+    """All pairs of the model's seeds, as (A, B) checkpoints."""
+    return [(checkpoint(model, a), checkpoint(model, b)) for a, b in combinations(model_seeds(model), 2)]
+
+
+def hetero_pairs(wide):
+    """Every wide seed with every narrow seed, as (wide, narrow) checkpoints."""
+    narrow = NARROW_OF[wide]
+    return [(checkpoint(wide, a), checkpoint(narrow, b)) for a in model_seeds(wide) for b in model_seeds(narrow)]
+
+
+def pair_labels(experiment):
+    return lambda wc: {
+        "track": "glmc",
+        "experiment": experiment,
+        "model": wc.model,
+        "dataset": dataset_cfg(wc.model)["name"],
+    }
 
 
 rule glmc_pairwise:
     input:
-        a=f"{RESULTS}/models/{{model}}/seed{{seed_a}}/model.safetensors",
-        b=f"{RESULTS}/models/{{model}}/seed{{seed_b}}/model.safetensors",
+        lambda wc: [c for pair in seed_pairs(wc.model) for c in pair],
     output:
-        barriers=f"{RESULTS}/glmc/pairwise/{{model}}/{{method}}/s{{seed_a}}-s{{seed_b}}/barriers.csv",
-        curve=f"{RESULTS}/glmc/pairwise/{{model}}/{{method}}/s{{seed_a}}-s{{seed_b}}/curve.csv",
+        barriers=f"{RESULTS}/glmc/pairwise/{{model}}/{{method}}/barriers.csv",
+        curve=f"{RESULTS}/glmc/pairwise/{{model}}/{{method}}/curve.csv",
     log:
-        f"{RESULTS}/logs/glmc_pairwise/{{model}}/{{method}}/s{{seed_a}}-s{{seed_b}}.log",
+        f"{RESULTS}/logs/glmc_pairwise/{{model}}/{{method}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/glmc_pairwise/{{model}}/{{method}}/s{{seed_a}}-s{{seed_b}}.tsv"
+        f"{RESULTS}/benchmarks/glmc_pairwise/{{model}}/{{method}}.tsv"
     params:
+        pairs=lambda wc: seed_pairs(wc.model),
+        experiment="pairwise",
         data_cfg=lambda wc: dataset_cfg(wc.model),
         barrier_cfg=config["barrier"],
-        matcher_cfg=lambda wc: config["glmc"].get("matchers", {}).get(wc.method, {}),
-        labels=lambda wc: {
-            "track": "glmc",
-            "experiment": "pairwise",
-            "model": wc.model,
-            "dataset": dataset_cfg(wc.model)["name"],
-        },
+        matcher_cfg=lambda wc: GLMC.get("matchers", {}).get(wc.method, {}),
+        labels=pair_labels("pairwise"),
+        export=GLMC.get("export_aligned", False),
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
         runtime=model_resource("runtime"),
         gpu=model_resource("gpu"),
     script:
-        "../scripts/glmc_pairwise.py"
+        "../scripts/glmc_pairs.py"
+
+
+rule glmc_width_hetero:
+    input:
+        lambda wc: [c for pair in hetero_pairs(wc.model) for c in pair],
+    output:
+        barriers=f"{RESULTS}/glmc/width_hetero/{{model}}/{{method}}/barriers.csv",
+        curve=f"{RESULTS}/glmc/width_hetero/{{model}}/{{method}}/curve.csv",
+    log:
+        f"{RESULTS}/logs/glmc_width_hetero/{{model}}/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/glmc_width_hetero/{{model}}/{{method}}.tsv"
+    params:
+        pairs=lambda wc: hetero_pairs(wc.model),
+        experiment="width_hetero",
+        data_cfg=lambda wc: dataset_cfg(wc.model),
+        barrier_cfg=config["barrier"],
+        matcher_cfg=lambda wc: HETERO.get("matchers", GLMC.get("matchers", {})).get(wc.method, {}),
+        labels=pair_labels("width_hetero"),
+        export=False,
+    threads: model_resource("threads")
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
+    script:
+        "../scripts/glmc_pairs.py"
+
+
+rule glmc_multi_model:
+    input:
+        lambda wc: [checkpoint(wc.model, s) for s in model_seeds(wc.model)[: MULTI.get("n_models", 3)]],
+    output:
+        barriers=f"{RESULTS}/glmc/multi_model/{{model}}/{{method}}/barriers.csv",
+        surface=f"{RESULTS}/glmc/multi_model/{{model}}/{{method}}/surface.csv",
+    log:
+        f"{RESULTS}/logs/glmc_multi_model/{{model}}/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/glmc_multi_model/{{model}}/{{method}}.tsv"
+    params:
+        data_cfg=lambda wc: dataset_cfg(wc.model),
+        simplex_cfg={
+            "resolution": MULTI.get("resolution", 6),
+            "splits": MULTI.get("splits", ["test"]),
+            "max_examples": MULTI.get("max_examples"),
+            "batch_size": MULTI.get("batch_size", 128),
+        },
+        matcher_cfg=MULTI.get("matcher", {}),
+        labels=pair_labels("multi_model"),
+    threads: model_resource("threads")
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
+    script:
+        "../scripts/glmc_multi_model.py"
 
 
 rule glmc_tables:
     input:
-        GLMC_PAIRWISE,
+        GLMC_OUTPUTS,
     output:
         barriers=f"{RESULTS}/tables/glmc_barriers.csv",
         curves=f"{RESULTS}/tables/glmc_curves.csv",
+        simplex=f"{RESULTS}/tables/glmc_simplex.csv",
         summary=report(
             f"{RESULTS}/tables/glmc_summary.csv",
             caption="../report/glmc_summary.rst",
@@ -57,7 +138,6 @@ rule glmc_tables:
         f"{RESULTS}/benchmarks/glmc_tables.tsv"
     params:
         reference="results/reference/glmc_table1.csv",
-        profile=config["profile"],
     threads: 1
     resources:
         mem_mb=2000,
@@ -71,6 +151,7 @@ rule glmc_figures:
     input:
         barriers=rules.glmc_tables.output.barriers,
         curves=rules.glmc_tables.output.curves,
+        simplex=rules.glmc_tables.output.simplex,
     output:
         curves=report(
             f"{RESULTS}/figures/glmc_curves.png",
@@ -80,6 +161,16 @@ rule glmc_figures:
         summary=report(
             f"{RESULTS}/figures/glmc_summary.png",
             caption="../report/glmc_summary_figure.rst",
+            category="GLMC",
+        ),
+        simplex=report(
+            f"{RESULTS}/figures/glmc_simplex.png",
+            caption="../report/glmc_simplex.rst",
+            category="GLMC",
+        ),
+        hetero=report(
+            f"{RESULTS}/figures/glmc_width_hetero.png",
+            caption="../report/glmc_width_hetero.rst",
             category="GLMC",
         ),
     log:

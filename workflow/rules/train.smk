@@ -24,7 +24,7 @@ rule train:
 
 rule training_report:
     input:
-        expand(f"{RESULTS}/models/{{model}}/seed{{seed}}/history.csv", model=list(config["models"]), seed=SEEDS),
+        [f"{RESULTS}/models/{m}/seed{s}/history.csv" for m in config["models"] for s in model_seeds(m)],
     output:
         table=f"{RESULTS}/tables/training.csv",
         figure=report(

@@ -5,5 +5,9 @@ from lmcbench.runner import snakemake_job
 
 with snakemake_job(snakemake):
     curves, barriers = pd.read_csv(snakemake.input.curves), pd.read_csv(snakemake.input.barriers)
-    plots.interpolation_curves(curves, snakemake.output.curves, profile=snakemake.params.profile)
-    plots.barrier_summary(barriers, snakemake.output.summary, profile=snakemake.params.profile)
+    profile = snakemake.params.profile
+    plots.interpolation_curves(curves[curves["experiment"] == "pairwise"], snakemake.output.curves, profile=profile)
+    plots.barrier_summary(barriers[barriers["experiment"] == "pairwise"], snakemake.output.summary, profile=profile)
+    plots.simplex_heatmap(pd.read_csv(snakemake.input.simplex), snakemake.output.simplex, profile=profile)
+    plots.interpolation_curves(curves[curves["experiment"] == "width_hetero"], snakemake.output.hetero,
+                               profile=profile, title="Width-heterogeneous interpolation")

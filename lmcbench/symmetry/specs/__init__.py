@@ -6,16 +6,13 @@ width embedding), one `resize` function that builds a fresh module of the same f
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-from transformers import GPT2LMHeadModel
 
 from lmcbench.symmetry.spec import Layout, SymmetrySpec, spec_from_layout
-from lmcbench.symmetry.specs.gpt2 import gpt2_layout, gpt2_spec, resize_gpt2
-from lmcbench.symmetry.specs.vit import resize_vit, vit_layout, vit_spec
 
 
 @dataclass(frozen=True)
@@ -25,16 +22,19 @@ class Architecture:
     resize: Callable[[nn.Module, int, int, bool], nn.Module]
 
 
-ARCHITECTURES: dict[type, Architecture] = {
-    VisionTransformer: Architecture(vit_layout, resize_vit),
-    GPT2LMHeadModel: Architecture(gpt2_layout, resize_gpt2),
+# model class (module.qualname) -> module defining `ARCHITECTURE`; imported on use, since the model's
+# library is then already loaded and jobs that touch one family need not import the other.
+ARCHITECTURES: dict[str, str] = {
+    "timm.models.vision_transformer.VisionTransformer": "lmcbench.symmetry.specs.vit",
+    "transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel": "lmcbench.symmetry.specs.gpt2",
 }
 
 
 def architecture_for(model: nn.Module) -> Architecture:
     for cls in type(model).__mro__:
-        if cls in ARCHITECTURES:
-            return ARCHITECTURES[cls]
+        module = ARCHITECTURES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if module is not None:
+            return importlib.import_module(module).ARCHITECTURE
     raise NotImplementedError(f"no symmetry layout registered for {type(model).__name__}")
 
 
@@ -46,5 +46,4 @@ def spec_for(model: nn.Module) -> SymmetrySpec:
     return spec_from_layout(layout_for(model))
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "architecture_for", "gpt2_layout", "gpt2_spec",
-           "layout_for", "resize_gpt2", "resize_vit", "spec_for", "vit_layout", "vit_spec"]
+__all__ = ["ARCHITECTURES", "Architecture", "architecture_for", "layout_for", "spec_for"]

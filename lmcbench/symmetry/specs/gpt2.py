@@ -14,6 +14,7 @@ from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from lmcbench.symmetry.spec import BlockNames, Layout, Ref, SymmetrySpec, norm_site, prenorm_blocks, spec_from_layout
+from lmcbench.symmetry.specs import Architecture
 
 # Conv1D stores (in, out)
 IN_AXIS, OUT_AXIS = 0, 1
@@ -71,3 +72,6 @@ def resize_gpt2(model: GPT2LMHeadModel, width: int, head_dim: int, qkv_bias: boo
         for block in new.transformer.h:
             _set_head_dim(block.attn, head_dim)
     return new
+
+
+ARCHITECTURE = Architecture(gpt2_layout, resize_gpt2)

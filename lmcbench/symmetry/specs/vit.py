@@ -16,6 +16,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from lmcbench.symmetry.spec import BlockNames, Layout, Ref, SymmetrySpec, norm_site, prenorm_blocks, spec_from_layout
+from lmcbench.symmetry.specs import Architecture
 
 # nn.Linear stores (out, in)
 IN_AXIS, OUT_AXIS = 1, 0
@@ -97,3 +98,6 @@ def resize_vit(model: VisionTransformer, width: int, head_dim: int, qkv_bias: bo
                                proj_bias=b.attn.proj.bias is not None,
                                attn_drop=b.attn.attn_drop.p, proj_drop=b.attn.proj_drop.p)
     return new
+
+
+ARCHITECTURE = Architecture(vit_layout, resize_vit)
