@@ -17,7 +17,8 @@ from lmcbench.models import build_model
 
 
 def bench_matching(n_embd: int = 768, n_layer: int = 12, n_head: int = 12, vocab_size: int = 50257,
-                   n_positions: int = 1024, iterations: int = 15, threads: int | None = None) -> dict:
+                   n_positions: int = 1024, iterations: int = 15, mlp_cost: str = "l1",
+                   threads: int | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     arch = {"n_embd": n_embd, "n_layer": n_layer, "n_head": n_head, "n_inner": 4 * n_embd,
@@ -27,7 +28,7 @@ def bench_matching(n_embd: int = 768, n_layer: int = 12, n_head: int = 12, vocab
         torch.manual_seed(seed)
         models.append(build_model({"family": "gpt2", "arch": arch}, {"vocab_size": vocab_size}).eval())
     start = time.perf_counter()
-    canon_a, aligner = glmc_weight_matching_states(*models, iterations=iterations)
+    canon_a, aligner = glmc_weight_matching_states(*models, iterations=iterations, mlp_cost=mlp_cost)
     matched = time.perf_counter()
     circuit_form(canon_a), circuit_form(as_model(canon_a, aligner.state_b))
     done = time.perf_counter()
@@ -35,6 +36,7 @@ def bench_matching(n_embd: int = 768, n_layer: int = 12, n_head: int = 12, vocab
         "model": f"GPT-2 n_embd {n_embd}, {n_layer} layers, {n_head} heads, vocab {vocab_size}",
         "parameters": sum(p.numel() for p in models[0].parameters()),
         "iterations": iterations,
+        "mlp_cost": mlp_cost,
         "canonicalise_and_match_s": round(matched - start, 2),
         "circuit_form_both_s": round(done - matched, 2),
         "torch_threads": torch.get_num_threads(),

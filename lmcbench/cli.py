@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-head", type=int, default=12)
     p.add_argument("--vocab-size", type=int, default=50257)
     p.add_argument("--iterations", type=int, default=15)
+    p.add_argument("--mlp-cost", choices=["l1", "cosine"], default="l1")
     p.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with job_context():
             result = bench_matching(args.n_embd, args.n_layer, args.n_head, args.vocab_size,
-                                    iterations=args.iterations, threads=args.threads)
+                                    iterations=args.iterations, mlp_cost=args.mlp_cost, threads=args.threads)
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "train":

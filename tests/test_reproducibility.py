@@ -1,4 +1,4 @@
-"""Same seed, same barrier: two independent train → pairwise pipelines agree to 1e-6 on CPU."""
+"""Same seed, same barrier: two independent train → pairwise (vanilla) pipelines agree to 1e-6 on CPU."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ import torch
 from conftest import data_cfg, model_cfg, state_equal
 from lmcbench.checkpoints import load_model
 from lmcbench.io import PROVENANCE_PACKAGES, read_json
-from lmcbench.jobs import pairwise_job, train_job
+from lmcbench.jobs import pairs_job, train_job
 
 SEEDS = (0, 1)
 BARRIER_CFG = {"points": 5, "splits": ["train", "test"], "max_examples": 48, "batch_size": 48}
@@ -28,8 +28,8 @@ def two_pipelines(request, tmp_path_factory):
         root = tmp_path_factory.mktemp(f"{family}_{run}")
         ckpts = {s: train_job(root / "models" / f"seed{s}", family, cfg, data, s, progress=False) for s in SEEDS}
         out = root / "glmc" / "vanilla" / "s0-s1"
-        table = pairwise_job(ckpts[0], ckpts[1], out, "vanilla", data, BARRIER_CFG,
-                             labels={"model": family, "dataset": data["name"]}, progress=False)
+        table = pairs_job([(ckpts[0], ckpts[1])], out, "vanilla", data, BARRIER_CFG,
+                          labels={"model": family, "dataset": data["name"]}, progress=False)
         runs.append({"root": root, "ckpts": ckpts, "pair": out, "table": table})
     return family, cfg, data, runs
 
@@ -52,7 +52,7 @@ def test_same_seed_same_barrier(two_pipelines):
     assert t1[["split", "metric"]].equals(t2[["split", "metric"]])
     for col in NUMERIC:
         assert (t1[col] - t2[col]).abs().max() <= 1e-6, col
-    # The written records agree too, and they are what pairwise_job returned.
+    # The written records agree too, and they are what pairs_job returned.
     for r in (r1, r2):
         on_disk = pd.read_csv(r["pair"] / "barriers.csv")
         assert len(on_disk) == len(r["table"])
@@ -99,6 +99,7 @@ def test_pairwise_provenance(two_pipelines):
     _check_common_provenance(prov)
     assert prov["seed"] == 0
     assert prov["config"]["method"] == "vanilla"
+    assert prov["config"]["pairs"] == [[str(r1["ckpts"][0]), str(r1["ckpts"][1])]]
     assert prov["config"]["data"] == data and prov["config"]["barrier"] == BARRIER_CFG
     table = pd.read_csv(r1["pair"] / "barriers.csv")
     assert set(table["run_id"]) == {prov["run_id"]}

@@ -102,7 +102,8 @@ def _learned(model_a: nn.Module, model_b: nn.Module, context: MatchContext, resi
         raise ValueError("learned matching trains on data: pass a task in the MatchContext")
     cfg = context.config
     if init == "weight_matching":
-        canon_a, aligner = glmc_weight_matching_states(model_a, model_b, cfg.get("iterations", 15), residual)
+        canon_a, aligner = glmc_weight_matching_states(model_a, model_b, cfg.get("iterations", 15), residual,
+                                                       cfg.get("mlp_cost", "l1"))
         state_b = aligner.state_b
     else:
         canon_a, state_b = ensure_canonical(model_a), _state(ensure_canonical(model_b))

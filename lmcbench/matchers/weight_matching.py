@@ -121,15 +121,21 @@ def _heads_step(aligner: Aligner, space: Space, attention) -> bool:
     return aligner.update(space, match_units(cost, maximize=False))
 
 
-def _mlp_step(aligner: Aligner, space: Space) -> bool:
-    """Neuron assignment on L1 distances of L2-normalised [w_in, b_in, w_out] vectors [official code]."""
+def _mlp_step(aligner: Aligner, space: Space, cost: str = "l1") -> bool:
+    """Neuron assignment on distances of L2-normalised [w_in, b_in, w_out] vectors: L1 as in the
+    [official code], or "cosine" (the same ranking as L2 on the sphere), which is a matrix product and
+    so ~15× faster at GPT-2-small width, where the L1 distance matrix dominates the run time."""
     fa = torch.nn.functional.normalize(unit_features(space, aligner.state_a), dim=1)
     fb = torch.nn.functional.normalize(unit_features(space, aligner.state_b), dim=1)
-    return aligner.update(space, match_units(torch.cdist(fa, fb, p=1), maximize=False))
+    if cost == "l1":
+        return aligner.update(space, match_units(torch.cdist(fa.float(), fb.float(), p=1), maximize=False))
+    if cost == "cosine":
+        return aligner.update(space, match_units(fa @ fb.T))
+    raise ValueError(f"unknown mlp_cost {cost!r}; expected 'l1' or 'cosine'")
 
 
 def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iterations: int = 15,
-                                residual: str = "orth") -> tuple[nn.Module, Aligner]:
+                                residual: str = "orth", mlp_cost: str = "l1") -> tuple[nn.Module, Aligner]:
     """GLMC's data-free matcher on the canonical forms of A and B: alternate residual alignment
     (orthogonal Procrustes, or a permutation with residual="perm"), head assignment on circuit
     distances and MLP assignment, for `iterations` rounds or until a round changes nothing.
@@ -143,7 +149,7 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
         changed = _residual_step(aligner, spec["residual"], residual, first_params if it == 0 else None)
         for i, attention in enumerate(layout.attentions):
             changed |= _heads_step(aligner, spec[f"blocks.{i}.heads"], attention)
-            changed |= _mlp_step(aligner, spec[f"blocks.{i}.mlp"])
+            changed |= _mlp_step(aligner, spec[f"blocks.{i}.mlp"], mlp_cost)
         if not changed and it > 0:
             log.info("GLMC weight matching converged after %d rounds", it + 1)
             break
@@ -172,5 +178,5 @@ def glmc_weight_matching(model_a: nn.Module, model_b: nn.Module, context: MatchC
     """GLMC data-free weight matching: orthogonal residual, head and MLP permutations, circuits."""
     cfg = context.config
     canon_a, aligner = glmc_weight_matching_states(model_a, model_b, cfg.get("iterations", 15),
-                                                   cfg.get("residual", "orth"))
+                                                   cfg.get("residual", "orth"), cfg.get("mlp_cost", "l1"))
     return finish(canon_a, aligner.state_b, cfg.get("circuits", True), {"spaces": sorted(aligner.element)})
