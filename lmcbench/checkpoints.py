@@ -51,8 +51,12 @@ def load_model(directory: str | Path) -> tuple[nn.Module, dict]:
         raise ValueError(f"{Path(directory) / 'config.json'} has no 'lmcbench' section: not an lmcbench checkpoint")
     info = config["lmcbench"]
     model = FORMS[info.get("form", "original")](build_model(info["model"], info["meta"]))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {directory} does not match its architecture: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"checkpoint {directory} does not match the architecture in its config.json: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:3]}")
+    model.load_state_dict(state)
     return model.eval(), info

@@ -66,14 +66,19 @@ def attach_reference(summary: pd.DataFrame, reference: pd.DataFrame) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def _latex_escape(text: str) -> str:
+    return str(text).replace("_", "\\_")
+
+
 def latex_summary(summary: pd.DataFrame, split: str = "test", metric: str = "loss") -> str:
     """Method × (model, dataset) table of 'mean ± std' chord barriers, with the published column."""
     part = summary[(summary["split"] == split) & (summary["metric"] == metric)].copy()
     part["ours"] = part.apply(lambda r: f"{r.barrier_mean:.2f} $\\pm$ {r.barrier_std:.2f}", axis=1)
     if "paper_mean" in part:
         part["paper"] = part.apply(lambda r: "--" if pd.isna(r.get("paper_mean")) else
-                                   f"{r.paper_mean:.2f} $\\pm$ {r.paper_std:.2f} ({r.paper_dataset})", axis=1)
-    part["column"] = part["model"] + " / " + part["dataset"]
+                                   f"{r.paper_mean:.2f} $\\pm$ {r.paper_std:.2f} ({_latex_escape(r.paper_dataset)})", axis=1)
+    part["column"] = (part["model"] + " / " + part["dataset"]).map(_latex_escape)
+    part["method"] = part["method"].map(_latex_escape)
     wide = part.pivot(index="method", columns="column", values=[c for c in ("ours", "paper") if c in part])
     wide.columns = [f"{col} ({kind})" for kind, col in wide.columns]
     caption = f"{metric.capitalize()} barrier on the {split} split (chord definition), mean $\\pm$ std over seed pairs."
@@ -92,4 +97,38 @@ def glmc_tables(barrier_files: Iterable[str | Path], outputs, reference: str | P
     summary = attach_reference(summary, pd.read_csv(reference))
     write_csv(summary, outputs.summary)
     write_text(latex_summary(summary[summary["experiment"] == "pairwise"]), outputs.latex)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------- MoE-LMC
+MOE_KEYS = ("experiment", "model", "dataset", "gating", "n_experts", "placement", "method", "split", "metric")
+
+
+def _output(outputs, name: str):
+    return outputs[name] if isinstance(outputs, dict) else getattr(outputs, name)
+
+
+def summarise_moe(barriers: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seed pairs of the barrier, AUC and their ratios to naive, per MoE configuration."""
+    keys = [k for k in MOE_KEYS if k in barriers]
+    summary = barriers.groupby(keys, sort=True).agg(
+        n_pairs=("barrier", "size"), barrier_mean=("barrier", "mean"), barrier_std=("barrier", "std"),
+        auc_mean=("auc", "mean"), ratio_to_naive_mean=("ratio_to_naive", "mean"),
+        auc_ratio_to_naive_mean=("auc_ratio_to_naive", "mean")).reset_index()
+    return summary.fillna({"barrier_std": 0.0})
+
+
+def moe_tables(barrier_files: Iterable[str | Path], outputs) -> pd.DataFrame:
+    """Write moe_barriers.csv, moe_curves.csv, moe_order_ranks.csv (from each job's curve.csv and
+    ranks.csv beside its barriers.csv) and moe_summary.csv; `outputs` has those four names."""
+    barrier_files = [Path(p) for p in barrier_files]
+    barriers = concat_csv(barrier_files, _output(outputs, "barriers"))
+    concat_csv([p.with_name("curve.csv") for p in barrier_files], _output(outputs, "curves"))
+    rank_files = [p.with_name("ranks.csv") for p in barrier_files if p.with_name("ranks.csv").exists()]
+    frames = [f for f in (pd.read_csv(p) for p in rank_files if p.stat().st_size > 1) if len(f)]
+    write_csv(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["method", "order", "rank", "n_orders", "barrier", "best_barrier", "naive_barrier", "scaled_excess"]),
+        _output(outputs, "order_ranks"))
+    summary = summarise_moe(barriers)
+    write_csv(summary, _output(outputs, "summary"))
     return summary

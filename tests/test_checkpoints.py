@@ -195,10 +195,6 @@ def test_weights_of_another_family_give_a_value_error(tmp_path):
         load_model(tmp_path / "gpt")
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="BUG lmcbench/checkpoints.py load_model: a shape mismatch (same keys, other width) escapes as "
-                          "torch's RuntimeError from load_state_dict(strict=False) instead of the ValueError it "
-                          "raises for missing/unexpected keys")
 def test_weights_of_another_width_give_a_value_error(tmp_path):
     model, cfg, meta = _model("vit")
     save_model(tmp_path, model, cfg, meta)

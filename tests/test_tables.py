@@ -161,9 +161,6 @@ def test_latex_summary_has_every_method_and_our_numbers():
     assert "(paper)" not in latex_summary(summary) and "(ours)" in latex_summary(summary)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG lmcbench/tables.py latex_summary: to_latex(escape=False) leaves '_' in "
-                                       "method/dataset names (glmc_weight_matching, tiny_shakespeare) unescaped, "
-                                       "so glmc_summary.tex does not compile")
 def test_latex_summary_escapes_underscores():
     summary = summarise_barriers(synthetic_barriers(methods=("vanilla", "glmc_weight_matching")))
     tex = latex_summary(summary)

@@ -58,11 +58,10 @@ class ConstrainedOptimizer:
         self.dual_lr, self.dual_kind, self.aug_lag = float(dual_lr), dual_optimizer, float(aug_lag)
         self.dual = None
         if dual_optimizer != "ascent":
-            self.lam = self.lam.clone().requires_grad_(False)
             opt = torch.optim.Adam if dual_optimizer == "adam" else torch.optim.SGD
-            self._lam_param = torch.nn.Parameter(self.lam)
+            self._lam_param = torch.nn.Parameter(torch.zeros(k))
             self.dual = opt([self._lam_param], lr=self.dual_lr)
-            self.lam = self._lam_param.data
+            self.lam = self._lam_param.data   # shares storage: the optimiser updates self.lam in place
         self.rho = resilient_rho
         self.u = torch.zeros(k) if resilient_rho is not None else None
         self.slack_lr = slack_lr

@@ -19,11 +19,19 @@ def build_model(model_cfg: dict, meta: dict) -> nn.Module:
     family = model_cfg.get("family")
     if family not in BUILDERS:
         raise ValueError(f"unknown model family {family!r}; known families: {sorted(BUILDERS)}")
-    return importlib.import_module(BUILDERS[family]).build(model_cfg["arch"], meta)
+    model = importlib.import_module(BUILDERS[family]).build(model_cfg["arch"], meta)
+    if model_cfg.get("moe"):  # MoE-LMC: FFNs replaced by MoE layers (weights come from the checkpoint)
+        from lmcbench.models.moe import insert_moe
+
+        model = insert_moe(model, model_cfg["moe"])
+    return model
 
 
 def architecture_config(model_cfg: dict, meta: dict) -> dict:
     """The JSON-serialisable part of (model config, data meta) needed to rebuild a model."""
     keep = ("num_classes", "in_chans", "img_size", "vocab_size")
-    return {"model": {"family": model_cfg["family"], "arch": dict(model_cfg["arch"])},
+    model = {"family": model_cfg["family"], "arch": dict(model_cfg["arch"])}
+    if model_cfg.get("moe"):
+        model["moe"] = dict(model_cfg["moe"])
+    return {"model": model,
             "meta": {k: meta[k] for k in keep if k in meta}}

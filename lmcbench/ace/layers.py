@@ -1,0 +1,69 @@
+"""Mixed layers f = f_eq + γ·f_neq with one learnable scalar γ per mixed sub-layer (γ starts at 1).
+
+`MixedLayer.branch` (default True) switches the non-equivariant branch; with it off the layer is
+exactly f_eq and costs the same as the strict layer [official code `disable_equivariance`].
+Works on plain tensors and on escnn GeometricTensors (the branch then acts on `x.tensor` and its
+output is re-wrapped as the equivariant output's field type).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+class MixedLayer(nn.Module):
+    def __init__(self, eq: nn.Module, neq: nn.Module | None, gamma_init: float = 1.0,
+                 neq_input: Callable | None = None):
+        super().__init__()
+        self.eq, self.neq = eq, neq
+        self.gamma = nn.Parameter(torch.tensor(float(gamma_init))) if neq is not None else None
+        self.branch = neq is not None
+        self.neq_input = neq_input   # optional map from the layer's input to the branch's input
+
+    def forward(self, x, *args):
+        y = self.eq(x, *args) if args else self.eq(x)
+        if not self.branch or self.neq is None:
+            return y
+        raw = self.neq_input(x, *args) if self.neq_input is not None else (x.tensor if hasattr(x, "tensor") else x)
+        z = self.neq(raw)
+        if hasattr(y, "tensor"):   # escnn GeometricTensor: add to the raw tensor, re-wrap as the output type
+            return type(y)(y.tensor + self.gamma * z, y.type)
+        return y + self.gamma * z
+
+
+def mixed_layers(model: nn.Module) -> list[tuple[str, MixedLayer]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, MixedLayer) and m.neq is not None]
+
+
+def gammas(model: nn.Module) -> torch.Tensor:
+    """The stacked γ of every mixed sub-layer (graph attached), in module order."""
+    return torch.stack([m.gamma for _, m in mixed_layers(model)])
+
+
+def gamma_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [m.gamma for _, m in mixed_layers(model)]
+
+
+def branch_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for _, m in mixed_layers(model) for p in m.neq.parameters()]
+
+
+def set_branch(model: nn.Module, on: bool) -> None:
+    for _, m in mixed_layers(model):
+        m.branch = on
+
+
+@contextlib.contextmanager
+def branch(model: nn.Module, on: bool) -> Iterator[nn.Module]:
+    """Temporarily switch every non-equivariant branch on or off (off = f_{θ,0}, exactly equivariant)."""
+    layers = mixed_layers(model)
+    before = [m.branch for _, m in layers]
+    set_branch(model, on)
+    try:
+        yield model
+    finally:
+        for (_, m), b in zip(layers, before):
+            m.branch = b

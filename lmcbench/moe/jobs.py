@@ -1,0 +1,200 @@
+"""MoE-LMC experiment jobs and metrics: fine-tune MoE layers on a frozen dense backbone per seed,
+align every seed pair with each method, interpolate, and write tidy CSVs + provenance.
+
+Protocol (moe.md §5.1): one dense backbone is trained once (the `train` rule's checkpoint); for each
+seed a freshly initialised MoE replaces the FFN of the chosen layers and only the MoE is fine-tuned
+([secondary]; `train_backbone` unfreezes everything, which is outside the paper's protocol).
+
+Metrics (moe.md §4): the chord barrier of `lmcbench.barrier` for loss and accuracy; the AUC relative
+to the chord, trapezoid over λ of (metric − chord) for loss and (chord − metric) for accuracy, so
+positive is worse in both [inferred]; ratio of each to the naive value of the same pair; and, per
+pair, the rank of each method's expert order among all orders (each after Step 2) by the test loss
+barrier, with the scaled excess barrier L̂ = (L_method − L_best)/(L_naive − L_best) × 100 [paper §6.3].
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lmcbench.barrier import HIGHER_IS_BETTER, barriers, default_grid, interpolation_curve
+from lmcbench.checkpoints import load_model, save_model
+from lmcbench.data import load_dataset
+from lmcbench.io import provenance, run_id, write_json
+from lmcbench.models.moe import MOE_KEYS, AuxLossTask, freeze_backbone, insert_moe
+from lmcbench.moe.matching import METHODS, align, align_with_orders, all_orders, method_orders, order_key
+from lmcbench.tables import write_csv
+from lmcbench.tasks import make_task
+from lmcbench.training import TrainConfig, seed_everything, train
+
+log = logging.getLogger(__name__)
+
+RANKED = ("skip_order", "gate_wm", "expert_wm")
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
+
+
+def chord_auc(lambdas, values, higher_is_better: bool = False) -> float:
+    """∫₀¹ (metric − chord) dλ (loss) or ∫ (chord − metric) dλ (accuracy), trapezoid on the grid."""
+    lambdas, values = np.asarray(lambdas, float), np.asarray(values, float)
+    order = np.argsort(lambdas)
+    lambdas, values = lambdas[order], values[order]
+    chord = values[0] + (lambdas - lambdas[0]) / (lambdas[-1] - lambdas[0]) * (values[-1] - values[0])
+    return _trapezoid((chord - values) if higher_is_better else (values - chord), lambdas)
+
+
+def curve_metrics(curve: pd.DataFrame) -> pd.DataFrame:
+    """`lmcbench.barrier.barriers` (chord and midpoint barriers) plus the chord AUC per (split, metric)."""
+    table = barriers(curve)
+    aucs = {key: chord_auc(g.sort_values("lambda")["lambda"], g.sort_values("lambda")["value"],
+                           HIGHER_IS_BETTER[key[1]]) for key, g in curve.groupby(["split", "metric"])}
+    table["auc"] = [aucs[(s, m)] for s, m in zip(table["split"], table["metric"])]
+    return table
+
+
+def add_ratios(table: pd.DataFrame, keys=("seed_a", "seed_b", "split", "metric")) -> pd.DataFrame:
+    """ratio_to_naive and auc_ratio_to_naive: each row's barrier (AUC) over the naive row of the same pair."""
+    keys = list(keys)
+    naive = table[table["method"] == "naive"].set_index(keys)
+    joined = table.join(naive[["barrier", "auc"]].rename(columns={"barrier": "_nb", "auc": "_na"}), on=keys)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table = table.assign(ratio_to_naive=np.where(joined["_nb"] > 0, joined["barrier"] / joined["_nb"], np.nan),
+                             auc_ratio_to_naive=np.where(joined["_na"] > 0, joined["auc"] / joined["_na"], np.nan))
+    return table
+
+
+def scaled_excess(l_method: float, l_best: float, l_naive: float) -> float:
+    """L̂ = (L_method − L_best)/(L_naive − L_best) × 100 [paper §6.3]; NaN when naive is already best."""
+    gap = l_naive - l_best
+    return float((l_method - l_best) / gap * 100) if gap > 0 else float("nan")
+
+
+def order_rank(barrier: float, all_barriers, tol: float = 1e-9) -> int:
+    """1 + the number of orders with a strictly lower barrier."""
+    return 1 + int(np.sum(np.asarray(all_barriers) < barrier - tol))
+
+
+# --------------------------------------------------------------------------------------------- fine-tuning
+def moe_layer_cfg(moe_cfg: dict) -> dict:
+    """The MoE options `insert_moe` takes (and `build_model` stores in a checkpoint)."""
+    return {k: moe_cfg[k] for k in MOE_KEYS if k in moe_cfg}
+
+
+def finetune_moe(backbone: torch.nn.Module, task, moe_cfg: dict, train_cfg: dict, seed: int,
+                 train_backbone: bool = False, progress: bool = False):
+    """A copy of `backbone` with fresh MoE layers (initialised from `seed`) fine-tuned on `task`."""
+    model = insert_moe(copy.deepcopy(backbone), moe_layer_cfg(moe_cfg), torch.Generator().manual_seed(seed))
+    freeze_backbone(model, train_backbone)
+    seed_everything(seed)
+    task = AuxLossTask(task) if moe_cfg.get("aux_loss_coef") else task
+    result = train(model, task, TrainConfig.from_dict(train_cfg), seed, progress=progress)
+    return model.cpu().eval(), result
+
+
+# --------------------------------------------------------------------------------------------- alignment
+def _curve(model, task, state_a, state_b, barrier_cfg, splits=None):
+    return interpolation_curve(model, task, state_a, state_b, lambdas=default_grid(barrier_cfg["points"]),
+                               splits=splits or barrier_cfg["splits"], max_examples=barrier_cfg.get("max_examples"),
+                               batch_size=barrier_cfg["batch_size"])
+
+
+def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barrier_cfg: dict,
+               methods=METHODS, max_orders: int = 720, keys: dict | None = None):
+    """All methods on one pair. Returns (curves, barriers, ranks, orders) tables.
+
+    best_order and the ranks need every order of every layer evaluated (test split, loss barrier);
+    they are skipped (and logged) when there are more than `max_orders` orders."""
+    keys = keys or {}
+    curves, tables, states, taus = [], [], {}, {}
+    for method in [m for m in methods if m != "best_order"]:
+        states[method], taus[method] = align(state_a, state_b, method)
+    orders, ranks, order_rows = None, [], []
+    if "best_order" in methods:
+        orders = all_orders(state_a, max_orders)
+        if orders is None:
+            log.info("more than %d expert orders: best_order and ranks skipped", max_orders)
+    if orders is not None:
+        for taus_o in orders:
+            curve = _curve(model, task, state_a, align_with_orders(state_a, state_b, taus_o), barrier_cfg, ["test"])
+            row = curve_metrics(curve).query("metric == 'loss'").iloc[0]
+            order_rows.append({"order": order_key(taus_o), "barrier": row["barrier"], "auc": row["auc"]})
+        order_table = pd.DataFrame(order_rows)
+        best = int(order_table["barrier"].idxmin())
+        states["best_order"], taus["best_order"] = align_with_orders(state_a, state_b, orders[best]), orders[best]
+    for method, state in states.items():
+        curve = _curve(model, task, state_a, state, barrier_cfg)
+        order = order_key(taus[method]) if taus[method] else "naive"
+        curves.append(curve.assign(method=method, **keys))
+        tables.append(curve_metrics(curve).assign(method=method, order=order, **keys))
+    if orders is not None:
+        naive = [t for t in tables if t["method"].iloc[0] == "naive" and "test" in set(t["split"])]
+        naive_t = naive[0] if naive else curve_metrics(_curve(model, task, state_a, state_b, barrier_cfg, ["test"]))
+        naive_b = float(naive_t.query("split == 'test' and metric == 'loss'")["barrier"].iloc[0])
+        best_b = float(order_table["barrier"].min())
+        lookup = dict(zip(order_table["order"], order_table["barrier"]))
+        for method in [m for m in RANKED if m in states]:
+            b = lookup[order_key(taus[method])]
+            ranks.append({"method": method, "order": order_key(taus[method]), "rank": order_rank(b, order_table["barrier"]),
+                          "n_orders": len(order_table), "barrier": b, "best_barrier": best_b, "naive_barrier": naive_b,
+                          "scaled_excess": scaled_excess(b, best_b, naive_b), "split": "test", "metric": "loss", **keys})
+        order_rows = order_table.assign(**keys)
+    else:
+        order_rows = pd.DataFrame()
+    return (pd.concat(curves, ignore_index=True), add_ratios(pd.concat(tables, ignore_index=True)),
+            pd.DataFrame(ranks), order_rows)
+
+
+def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict, train_cfg: dict, data_cfg: dict,
+                  seeds: list[int], barrier_cfg: dict, methods=METHODS, labels: dict | None = None,
+                  max_orders: int = 720, train_backbone: bool = False, save_models: bool = True,
+                  progress: bool = False) -> pd.DataFrame:
+    """One configuration (model, gating, n_experts, placement): fine-tune an MoE per seed on the frozen
+    backbone, then align every seed pair with every method. Writes barriers.csv, curve.csv, ranks.csv,
+    orders.csv, history.csv, provenance.json and (save_models) seed{s}/ checkpoints into out_dir."""
+    out_dir = Path(out_dir)
+    job = {"job": "moe_sweep", "backbone": str(backbone_ckpt), "moe": moe_cfg, "train": train_cfg, "data": data_cfg,
+           "seeds": list(seeds), "barrier": barrier_cfg, "methods": list(methods), "max_orders": max_orders,
+           "train_backbone": train_backbone}
+    rid = run_id(job)
+    backbone, info = load_model(backbone_ckpt)
+    data = load_dataset(data_cfg)
+    task = make_task(data, info["model"])
+    model_cfg = {**info["model"], "moe": moe_layer_cfg(moe_cfg)}
+    states, histories, timing = {}, [], {}
+    start = time.perf_counter()
+    for seed in seeds:
+        model, result = finetune_moe(backbone, task, moe_cfg, train_cfg, seed, train_backbone, progress)
+        states[seed] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        histories.append(pd.DataFrame(result.history).assign(seed=seed, **(labels or {}), run_id=rid))
+        log.info("fine-tuned seed %d: best val loss %.4f", seed, result.best_val_loss)
+        if save_models:
+            save_model(out_dir / f"seed{seed}", model, model_cfg, info["meta"], seed=seed, dataset=data.name,
+                       backbone=str(backbone_ckpt), run_id=rid)
+    timing["finetune_s"] = time.perf_counter() - start
+    template = model
+    curves, tables, ranks, orders = [], [], [], []
+    start = time.perf_counter()
+    for a, b in combinations(seeds, 2):
+        keys = {**(labels or {}), "seed_a": a, "seed_b": b, "run_id": rid}
+        c, t, r, o = align_pair(template, task, states[a], states[b], barrier_cfg, methods, max_orders, keys)
+        curves.append(c), tables.append(t), ranks.append(r), orders.append(o)
+        log.info("pair %d-%d:\n%s", a, b, t.query("split == 'test'")[["method", "metric", "barrier", "auc",
+                                                                         "ratio_to_naive"]].to_string(index=False))
+    timing["align_s"] = time.perf_counter() - start
+    table = pd.concat(tables, ignore_index=True)
+    write_csv(pd.concat(curves, ignore_index=True), out_dir / "curve.csv")
+    write_csv(table, out_dir / "barriers.csv")
+    write_csv(pd.concat(ranks, ignore_index=True), out_dir / "ranks.csv")
+    write_csv(pd.concat(orders, ignore_index=True), out_dir / "orders.csv")
+    write_csv(pd.concat(histories, ignore_index=True), out_dir / "history.csv")
+    write_json(out_dir / "provenance.json", {**provenance(job, seeds[0]), "run_id": rid, "timing": timing})
+    return table
