@@ -10,6 +10,7 @@ import logging
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from lmcbench.canonical import canonicalize, circuit_form, head_circuits
 from lmcbench.matchers import Alignment, MatchContext, register
@@ -145,7 +146,7 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     layout = layout_for(canon_a)
     aligner = Aligner(spec, _state(canon_a), _state(canon_b))
     first_params = _residual_only_params(spec)
-    for it in range(iterations):
+    for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
         changed = _residual_step(aligner, spec["residual"], residual, first_params if it == 0 else None)
         for i, attention in enumerate(layout.attentions):
             changed |= _heads_step(aligner, spec[f"blocks.{i}.heads"], attention)
