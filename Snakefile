@@ -18,6 +18,8 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/glmc.smk"
+include: "workflow/rules/moe.smk"
+include: "workflow/rules/ace.smk"
 
 
 rule all:
@@ -26,3 +28,7 @@ rule all:
         rules.training_report.output,
         rules.glmc_tables.output,
         rules.glmc_figures.output,
+        rules.moe_tables.output,
+        rules.moe_figures.output,
+        rules.ace_tables.output,
+        rules.ace_figures.output,

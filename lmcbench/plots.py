@@ -61,3 +61,52 @@ def simplex_heatmap(surface: pd.DataFrame, path: str | Path, profile: str = "", 
             ax.annotate(label, (vx, vy), textcoords="offset points", xytext=(0, -14 if vy == 0 else 8), ha="center")
     grid.set_axis_labels("", "")
     _save(grid, path, f"Three-model {split} {metric} over the simplex ({profile} profile)")
+
+
+# --------------------------------------------------------------------------------------------- MoE-LMC
+def _empty(path: str | Path, message: str) -> None:
+    fig = matplotlib.pyplot.figure(figsize=(5, 2))
+    fig.text(0.5, 0.5, message, ha="center", va="center")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    matplotlib.pyplot.close(fig)
+
+
+def moe_curves(curves: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test",
+               metric: str = "loss") -> None:
+    """Loss along λ per method (naive vs matched), one panel per gating variant, one row per model."""
+    part = curves[(curves["split"] == split) & (curves["metric"] == metric)]
+    grid = sns.relplot(data=part, x="lambda", y="value", hue="method", col="gating", row="model", kind="line",
+                       marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2,
+                       col_order=[g for g in ("dense", "topk", "shared") if g in set(part["gating"])])
+    grid.set_axis_labels("λ (1 = model A, 0 = aligned model B)", f"{split} {metric}")
+    _save(grid, path, f"MoE-LMC: {split} {metric} along the linear path ({profile} profile)")
+
+
+def moe_ratio_heatmap(barriers: pd.DataFrame, path: str | Path, profile: str = "", method: str = "expert_wm",
+                      split: str = "test", metric: str = "loss") -> None:
+    """Heat map of the barrier ratio to naive (placement × experts), one panel per (model, gating)."""
+    part = barriers[(barriers["method"] == method) & (barriers["split"] == split) & (barriers["metric"] == metric)]
+    if part.empty:
+        _empty(path, f"no {method} rows")
+        return
+    mean = part.groupby(["model", "gating", "placement", "n_experts"], as_index=False)["ratio_to_naive"].mean()
+
+    def draw(data, **kw):
+        table = data.pivot(index="placement", columns="n_experts", values="ratio_to_naive")
+        sns.heatmap(table, annot=True, fmt=".2f", cmap="viridis_r", vmin=0, vmax=max(1.0, mean["ratio_to_naive"].max()),
+                    cbar=False, ax=matplotlib.pyplot.gca())
+
+    grid = sns.FacetGrid(mean, row="model", col="gating", height=2.6, aspect=1.1)
+    grid.map_dataframe(draw)
+    _save(grid, path, f"MoE-LMC: {split} {metric} barrier, {method} / naive ({profile} profile)")
+
+
+def moe_rank_hist(ranks: pd.DataFrame, path: str | Path, profile: str = "") -> None:
+    """Histogram of the rank of each method's expert order among all n! orders."""
+    if ranks.empty:
+        _empty(path, "no configuration small enough to rank all expert orders")
+        return
+    grid = sns.displot(data=ranks, x="rank", hue="method", col="n_orders", multiple="dodge", discrete=True,
+                       shrink=0.8, height=2.8, aspect=1.3, facet_kws={"sharex": False, "sharey": False})
+    _save(grid, path, f"MoE-LMC: rank of the chosen expert order among all orders ({profile} profile)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,3 +88,20 @@ def fresh_model(cfg: dict, dataset, seed: int):
 
     seed_everything(seed)
     return build_model(cfg, dataset.meta)
+
+
+def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter moved away from its init, so folding and biases are exercised: O(1)
+    activations, non-zero biases, LayerNorm gains of both signs with |gamma| in [0.5, 1.5] and
+    offsets of size ~0.3. Returns the model in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            std = p.shape[-1] ** -0.5 if p.ndim == 2 else 0.2 if p.ndim == 1 else 0.5
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                sign = torch.where(torch.rand(m.weight.shape, generator=gen) < 0.2, -1.0, 1.0)
+                m.weight.copy_(sign * (0.5 + torch.rand(m.weight.shape, generator=gen)))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=gen))
+    return model.eval()

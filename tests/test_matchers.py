@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from conftest import perturb
 from lmcbench.barrier import barriers, interpolation_curve
 from lmcbench.canonical import RMSNorm, canonicalize
 from lmcbench.checkpoints import FORMS
@@ -46,22 +47,6 @@ def _seed():
 
 
 # --------------------------------------------------------------------------------------------- models
-def perturb(model: nn.Module, seed: int) -> nn.Module:
-    """Every parameter away from its init: O(1) activations, non-zero biases, LayerNorm gains of
-    both signs with |gamma| in [0.5, 1.5] and offsets of size ~0.3."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            std = p.shape[-1] ** -0.5 if p.ndim == 2 else 0.2 if p.ndim == 1 else 0.5
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                sign = torch.where(torch.rand(m.weight.shape, generator=gen) < 0.2, -1.0, 1.0)
-                m.weight.copy_(sign * (0.5 + torch.rand(m.weight.shape, generator=gen)))
-                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=gen))
-    return model.eval()
-
-
 def tiny_vit(seed: int = 0, depth=1, width=32, heads=2, mlp_ratio=2.0, qkv_bias=True, pool="token"):
     return perturb(VisionTransformer(img_size=IMG, patch_size=4, in_chans=3, num_classes=CLASSES, depth=depth,
                                      embed_dim=width, num_heads=heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,

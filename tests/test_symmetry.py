@@ -15,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from conftest import perturb
 from lmcbench.canonical import canonicalize
 from lmcbench.symmetry import (
     Action,
@@ -43,22 +44,6 @@ GPT2_CONFIGS = [
     dict(n_layer=3, n_embd=32, n_head=4, n_inner=None, tie_word_embeddings=False),
     dict(n_layer=1, n_embd=48, n_head=2, n_inner=96, tie_word_embeddings=True),
 ]
-
-
-def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Move every parameter away from its init so folding and biases are exercised: O(1)
-    activations, LayerNorm gains of both signs with |gamma| in [0.5, 1.5], non-zero biases."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            std = p.shape[-1] ** -0.5 if p.ndim == 2 else 0.2 if p.ndim == 1 else 0.5
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                sign = torch.where(torch.rand(m.weight.shape, generator=gen) < 0.2, -1.0, 1.0)
-                m.weight.copy_(sign * (0.5 + torch.rand(m.weight.shape, generator=gen)))
-                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=gen))
-    return model
 
 
 def tiny_vit(**cfg) -> VisionTransformer:

@@ -87,7 +87,7 @@ def fit(model, task, method: str, train: dict, ace: dict, baselines: dict, seed:
                 lam = problem.multipliers if problem is not None else {}
                 slack = (problem.slacks or {}) if problem is not None else {}
                 for name, p in zip(names, gam):
-                    result.trajectory.append({"step": step, "layer": name, "gamma": float(p), "lambda":
+                    result.trajectory.append({"step": step, "layer": name, "gamma": float(p.detach()), "lambda":
                                               lam.get(name, float("nan")), "u": slack.get(name, float("nan"))})
             step += 1
         if (epoch + 1) % train.get("eval_every", 1) == 0 or epoch == train["epochs"] - 1:

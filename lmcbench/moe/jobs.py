@@ -122,9 +122,11 @@ def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barri
         orders = all_orders(state_a, max_orders)
         if orders is None:
             log.info("more than %d expert orders: best_order and ranks skipped", max_orders)
+    # the orders are ranked on the test loss barrier, optionally on a coarser grid (rank_points)
+    rank_cfg = {**barrier_cfg, "points": barrier_cfg.get("rank_points") or barrier_cfg["points"]}
     if orders is not None:
         for taus_o in orders:
-            curve = _curve(model, task, state_a, align_with_orders(state_a, state_b, taus_o), barrier_cfg, ["test"])
+            curve = _curve(model, task, state_a, align_with_orders(state_a, state_b, taus_o), rank_cfg, ["test"])
             row = curve_metrics(curve).query("metric == 'loss'").iloc[0]
             order_rows.append({"order": order_key(taus_o), "barrier": row["barrier"], "auc": row["auc"]})
         order_table = pd.DataFrame(order_rows)
@@ -136,9 +138,8 @@ def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barri
         curves.append(curve.assign(method=method, **keys))
         tables.append(curve_metrics(curve).assign(method=method, order=order, **keys))
     if orders is not None:
-        naive = [t for t in tables if t["method"].iloc[0] == "naive" and "test" in set(t["split"])]
-        naive_t = naive[0] if naive else curve_metrics(_curve(model, task, state_a, state_b, barrier_cfg, ["test"]))
-        naive_b = float(naive_t.query("split == 'test' and metric == 'loss'")["barrier"].iloc[0])
+        naive_t = curve_metrics(_curve(model, task, state_a, state_b, rank_cfg, ["test"]))
+        naive_b = float(naive_t.query("metric == 'loss'")["barrier"].iloc[0])
         best_b = float(order_table["barrier"].min())
         lookup = dict(zip(order_table["order"], order_table["barrier"]))
         for method in [m for m in RANKED if m in states]:

@@ -1,0 +1,60 @@
+"""ACE tables and figures, built from the per-job record files only (seaborn)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lmcbench.tables import concat_csv, write_csv
+
+TASK_METRIC = {"image": "accuracy", "nbody": "mse"}
+
+
+def ace_tables(record_files, outputs) -> pd.DataFrame:
+    """ace_results.csv, ace_trajectories.csv, ace_curves.csv and ace_summary.csv (mean ± std over seeds
+    of the headline test metric and output equivariance error)."""
+    record_files = [Path(p) for p in record_files]
+    results = concat_csv(record_files, outputs.results)
+    concat_csv([p.with_name("trajectories.csv") for p in record_files], outputs.trajectories)
+    concat_csv([p.with_name("curves.csv") for p in record_files], outputs.curves)
+    head = results[(results["headline"]) & (results["split"] == "test")
+                   & (results["layer"].fillna("").isin(["", "output"]))]
+    keys = ["experiment", "task", "regime", "method", "n_train", "perturbation", "dual_lr", "metric"]
+    summary = head.groupby(keys, dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    write_csv(summary.fillna({"std": 0.0}), outputs.summary)
+    return summary
+
+
+def ace_figures(results: pd.DataFrame, trajectories: pd.DataFrame, outputs, profile: str = "") -> None:
+    import seaborn as sns
+
+    from lmcbench.plots import _save
+
+    # γ and λ trajectories of the ACE runs in the accuracy / partial-symmetry experiments
+    traj = trajectories[trajectories["method"].str.startswith("ace")
+                        & trajectories["experiment"].isin(["accuracy", "partial_symmetry"])]
+    long = traj.melt(id_vars=["task", "regime", "method", "seed", "step", "layer"], value_vars=["gamma", "lambda"],
+                     var_name="variable", value_name="v")
+    long = long.assign(panel=long["task"] + " · " + long["regime"] + " · " + long["method"])
+    grid = sns.relplot(data=long, x="step", y="v", hue="layer", row="variable", col="panel", kind="line",
+                       facet_kws={"sharey": False, "sharex": False}, height=2.6, aspect=1.2, errorbar=None)
+    _save(grid, outputs.trajectories, f"ACE γ and λ per mixed layer ({profile} profile)")
+
+    head = results[results["headline"] & (results["split"] == "test")]
+    perf = head[head["metric"].isin(["accuracy", "mse"])]
+    se = perf[perf["experiment"] == "sample_efficiency"]
+    grid = sns.relplot(data=se, x="n_train", y="value", hue="method", col="task", kind="line", marker="o",
+                       facet_kws={"sharey": False, "sharex": False}, height=3, aspect=1.2)
+    grid.set_axis_labels("training examples", "test metric (accuracy ↑ / MSE ↓)")
+    _save(grid, outputs.sample_efficiency, f"Sample efficiency ({profile} profile)")
+
+    eq = head[(head["metric"] == "equiv_err") & (head["layer"] == "output")]
+    keys = ["experiment", "task", "regime", "method", "seed", "n_train", "perturbation", "dual_lr"]
+    both = perf.merge(eq[keys + ["value"]], on=keys, suffixes=("", "_equiv"))
+    both = both.assign(equiv_err=both["value_equiv"].clip(lower=1e-9))
+    grid = sns.relplot(data=both, x="equiv_err", y="value", hue="method", style="regime", col="task",
+                       facet_kws={"sharey": False, "sharex": False}, height=3, aspect=1.2, s=50)
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+    grid.set_axis_labels("relative equivariance error at the output (reported model)", "test metric")
+    _save(grid, outputs.equivariance, f"Equivariance error against task metric ({profile} profile)")

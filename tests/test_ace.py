@@ -1,0 +1,192 @@
+"""ACE track: equivariance of the strict models, the branch switch, the primal–dual variants, N-body data, jobs."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lmcbench.ace.constrained import ConstrainedOptimizer, Constraint, ace_defects, ace_optimizer
+from lmcbench.ace.layers import branch, gamma_parameters
+from lmcbench.ace.metrics import haar_rotation, image_equivariance, nbody_equivariance
+from lmcbench.ace.models import EGNN, RelaxedGroupCNN
+from lmcbench.ace.nbody import energy, simulate
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    pytest.importorskip("escnn")
+    from lmcbench.ace.models import SteerableCNN
+
+    torch.manual_seed(0)
+    return SteerableCNN("C", 4, (2, 4), 5, mixed=True).eval()
+
+
+def test_strict_cnn_is_c4_invariant_at_every_rot90(cnn):
+    x = torch.randn(4, 1, 29, 29)
+    with branch(cnn, False):
+        y = cnn(x)
+        for k in (1, 2, 3):
+            assert torch.allclose(cnn(torch.rot90(x, k, dims=(-2, -1))), y, atol=1e-5)
+        errs = image_equivariance(cnn, x)
+    assert max(errs.values()) < 1e-5, errs          # every layer's fields and the logits
+
+
+def test_branch_off_equals_strict_path_and_branch_breaks_equivariance(cnn):
+    x = torch.randn(4, 1, 29, 29)
+    with branch(cnn, False):
+        off = cnn(x)
+    with torch.no_grad():
+        saved = [g.clone() for g in gamma_parameters(cnn)]
+        for g in gamma_parameters(cnn):
+            g.zero_()
+        zero = cnn(x)                                  # γ = 0 with the branch computed: same function
+        for g, s in zip(gamma_parameters(cnn), saved):
+            g.copy_(s)
+    assert torch.equal(zero, off)
+    errs = image_equivariance(cnn, x)                  # γ = 1: branch on
+    assert errs["output"] > 1e-3 and min(v for k, v in errs.items() if k != "output") > 1e-2
+
+
+def test_strict_model_has_no_branch_and_matches_branch_off():
+    pytest.importorskip("escnn")
+    from lmcbench.ace.models import SteerableCNN
+
+    torch.manual_seed(1)
+    mixed = SteerableCNN("C", 4, (2,), 3, mixed=True).eval()
+    torch.manual_seed(1)
+    strict = SteerableCNN("C", 4, (2,), 3, mixed=False).eval()
+    strict.load_state_dict({k: v for k, v in mixed.state_dict().items() if ".neq." not in k and "gamma" not in k},
+                           strict=False)
+    x = torch.randn(3, 1, 29, 29)
+    with branch(mixed, False):
+        assert torch.equal(mixed(x), strict(x))
+
+
+def test_relaxed_conv_equivariant_with_equal_weights_and_not_otherwise():
+    torch.manual_seed(0)
+    m = RelaxedGroupCNN((2, 3), 3).eval()
+    x = torch.randn(2, 1, 29, 29)
+    y = m(x)
+    assert all(torch.allclose(m(torch.rot90(x, k, dims=(-2, -1))), y, atol=1e-5) for k in (1, 2, 3))
+    with torch.no_grad():
+        m.convs[0].w.add_(torch.randn_like(m.convs[0].w))
+    assert image_equivariance(m, x)["output"] > 1e-3
+
+
+def test_egnn_is_e3_and_permutation_equivariant_and_branch_breaks_it():
+    torch.manual_seed(0)
+    model = EGNN(16, 3, mixed=True).eval()
+    loc, vel = torch.randn(6, 5, 3), torch.randn(6, 5, 3)
+    q = torch.randint(0, 2, (6, 5, 1)).float() * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+    with branch(model, False):
+        y = model(loc, vel, q)
+        for R in haar_rotation(gen, 3):
+            t = torch.randn(3, generator=gen)
+            assert torch.allclose(model(loc @ R.T + t, vel @ R.T, q), y @ R.T + t, atol=1e-5)
+        perm = torch.randperm(5, generator=gen)
+        assert torch.allclose(model(loc[:, perm], vel[:, perm], q[:, perm]), y[:, perm], atol=1e-5)
+        assert max(nbody_equivariance(model, loc, vel, q).values()) < 1e-5
+    assert nbody_equivariance(model, loc, vel, q)["output"] > 1e-3
+
+
+def _solve(variant, target, steps=4000, **kw):
+    """min (γ − target)² under the variant's constraint, plain SGD primal, plain dual ascent."""
+    gamma = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = ace_optimizer(variant, torch.optim.SGD([gamma], lr=0.05), ["g"], dual_lr=0.05, **kw)
+    for _ in range(steps):
+        opt.step(((gamma - target) ** 2).sum(), ace_defects(variant, gamma, eps=0.5))
+    return float(gamma.detach()), opt.lam.item(), (opt.u.item() if opt.u is not None else None)
+
+
+@pytest.mark.parametrize("target,lam_star", [(2.0, 4.0), (-2.0, -4.0)])
+def test_equality_converges_with_free_sign_multiplier(target, lam_star):
+    g, lam, _ = _solve("ace_equality", target)
+    assert abs(g) < 1e-3 and lam == pytest.approx(lam_star, abs=1e-2)   # λ* = −∂J/∂γ at γ = 0
+
+
+def test_eps_converges_to_boundary_with_nonnegative_multiplier():
+    g, lam, _ = _solve("ace_eps", 2.0)
+    assert g == pytest.approx(0.5, abs=1e-3) and lam == pytest.approx(3.0, abs=1e-2)
+    g, lam, _ = _solve("ace_eps", 0.2)                  # inactive constraint: λ = 0
+    assert g == pytest.approx(0.2, abs=1e-3) and lam == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("rho", [1.0, 2.0])
+def test_resilient_slack_settles_at_lambda_over_rho(rho):
+    g, lam, u = _solve("ace_resilient", 2.0, steps=6000, rho=rho)
+    g_star = 4.0 / (2.0 + rho)                          # KKT: 2(γ−2) + λ = 0, ρu = λ, u = γ
+    assert g == pytest.approx(g_star, abs=1e-3) and lam == pytest.approx(rho * g_star, abs=1e-2)
+    assert lam >= 0 and u == pytest.approx(lam / rho, abs=1e-3)
+
+
+def test_adam_dual_step_and_constraint_validation():
+    gamma = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = ace_optimizer("ace_equality", torch.optim.SGD([gamma], lr=0.05), ["g"], dual_lr=0.01,
+                        dual_optimizer="adam")
+    for _ in range(3000):
+        opt.step(((gamma - 2.0) ** 2).sum(), gamma)
+    assert abs(float(gamma.detach())) < 0.05 and opt.lam.item() > 3.0   # Adam ramps λ ≈ η_d per step [official code]
+    with pytest.raises(ValueError):
+        Constraint("g", "le")
+    with pytest.raises(ValueError):
+        ConstrainedOptimizer(torch.optim.SGD([gamma], lr=0.1), [Constraint("g", "eq")], 0.1, resilient_rho=1.0)
+
+
+def test_nbody_generation_deterministic_and_conservative():
+    a = simulate(20, seed=3, n_frames=11, softening=0.1)
+    b = simulate(20, seed=3, n_frames=11, softening=0.1)
+    assert all(np.array_equal(a[k], b[k]) for k in ("loc", "vel", "charges"))
+    assert not np.array_equal(a["loc"], simulate(20, seed=4, n_frames=11, softening=0.1)["loc"])
+    p = a["vel"].sum(2)                                # unit masses: total momentum is conserved
+    assert np.abs(p - p[:, :1]).max() < 1e-9
+    e = energy(a["loc"], a["vel"], a["charges"], softening=0.1)
+    assert np.median(np.abs(e[:, -1] - e[:, 0]) / np.abs(e[:, 0]).clip(0.1)) < 1e-3
+    f = simulate(20, seed=3, n_frames=11, softening=0.1, field=(0, 0, 1.0))   # the field pushes by Σq E t
+    dp = f["vel"].sum(2)[:, -1] - f["vel"].sum(2)[:, 0]
+    expect = f["charges"].sum(1)[:, None] * np.array([0, 0, 1.0]) * 1.0   # 10 frames × 100 steps × 1e-3
+    assert np.allclose(dp, expect[:, 0], atol=1e-9)
+
+
+def test_experiment_jobs_write_tables(tmp_path):
+    pytest.importorskip("escnn")
+    from lmcbench.ace.jobs import experiment_job, nbody_data_job
+    from lmcbench.ace.report import ace_tables
+
+    cfg = {
+        "seeds": [0], "log_every": 1,
+        "image": {"data": {"name": "mnist5k", "val_frac": 0.1, "test_frac": 0.2, "split_seed": 0},
+                  "arch": {"group": "C", "N": 4, "channels": [2], "kernel_size": 3},
+                  "train": {"epochs": 1, "batch_size": 32, "lr": 0.003, "gamma_lr": 0.05, "n_train": 64,
+                            "eval_examples": 32}},
+        "nbody": {"data": {"n_train": 16, "n_val": 8, "n_test": 8, "seed": 1, "softening": 0.1,
+                           "field": [0, 0, 1.0]},
+                  "arch": {"hidden": 8, "layers": 2},
+                  "train": {"epochs": 2, "batch_size": 8, "lr": 0.003, "gamma_lr": 0.05}},
+        "ace": {"dual_lr": 0.1, "dual_optimizer": "ascent", "rho": 1.0, "eps": 0.05},
+        "baselines": {"penalty_weight": 1.0, "rpp_weight": 0.01, "relaxed_weight": 0.1},
+        "experiments": {"accuracy": {"methods": ["strict", "relaxed_conv", "ace_equality"]},
+                        "partial_symmetry": {"methods": ["ace_resilient"]}},
+    }
+    files = {"symmetric": tmp_path / "sym.npz", "field": tmp_path / "field.npz"}
+    nbody_data_job(files, cfg)
+    outs = []
+    for exp, task in [("accuracy", "image"), ("accuracy", "nbody"), ("partial_symmetry", "nbody")]:
+        experiment_job(exp, task, copy.deepcopy(cfg), tmp_path / exp / task, files)
+        outs.append(tmp_path / exp / task / "records.csv")
+    import pandas as pd
+    from types import SimpleNamespace
+
+    o = SimpleNamespace(**{k: tmp_path / f"{k}.csv" for k in ("results", "trajectories", "curves", "summary")})
+    ace_tables(outs, o)
+    res = pd.read_csv(o.results)
+    assert {"task", "regime", "method", "seed", "n_train", "split", "metric", "value", "run_id"} <= set(res.columns)
+    assert set(res["method"]) == {"strict", "relaxed_conv", "ace_equality", "ace_resilient"}   # no relaxed_conv on nbody
+    assert set(res[res["task"] == "nbody"]["method"]) == {"strict", "ace_equality", "ace_resilient"}
+    strict_eq = res[(res["method"] == "strict") & (res["metric"] == "equiv_err")]
+    assert strict_eq["value"].max() < 1e-4
+    traj = pd.read_csv(o.trajectories)
+    assert {"step", "layer", "gamma", "lambda", "method", "seed", "task"} <= set(traj.columns)
+    assert (traj[traj["method"] == "ace_resilient"]["lambda"] >= 0).all()

@@ -1,0 +1,114 @@
+# ACE: approximately equivariant training by constrained optimisation (lmcbench.ace).
+# One job per (experiment, task); the N-body pools are simulated once and cached.
+
+ACE = config["ace"]
+ACE_TASKS = ACE["tasks"]
+ACE_EXPERIMENTS = list(ACE["experiments"])
+ACE_NBODY = {v: f"{RESULTS}/ace/data/nbody_{v}.npz" for v in ("symmetric", "field")}
+ACE_RECORDS = [f"{RESULTS}/ace/{e}/{t}/records.csv" for e in ACE_EXPERIMENTS for t in ACE_TASKS]
+
+
+wildcard_constraints:
+    ace_experiment="|".join(ACE_EXPERIMENTS) or "none",
+    ace_task="image|nbody",
+
+
+rule ace_nbody_data:
+    output:
+        **ACE_NBODY,
+    log:
+        f"{RESULTS}/logs/ace/nbody_data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ace/nbody_data.tsv"
+    params:
+        cfg=ACE,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=0,
+    script:
+        "../scripts/ace_nbody_data.py"
+
+
+rule ace_experiment:
+    input:
+        lambda wc: list(ACE_NBODY.values()) if wc.ace_task == "nbody" else [],
+    output:
+        records=f"{RESULTS}/ace/{{ace_experiment}}/{{ace_task}}/records.csv",
+        trajectories=f"{RESULTS}/ace/{{ace_experiment}}/{{ace_task}}/trajectories.csv",
+        curves=f"{RESULTS}/ace/{{ace_experiment}}/{{ace_task}}/curves.csv",
+    log:
+        f"{RESULTS}/logs/ace/{{ace_experiment}}/{{ace_task}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ace/{{ace_experiment}}/{{ace_task}}.tsv"
+    params:
+        cfg=ACE,
+        nbody=ACE_NBODY,
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=ACE.get("runtime", 60),
+        gpu=0,
+    script:
+        "../scripts/ace_experiment.py"
+
+
+rule ace_tables:
+    input:
+        ACE_RECORDS,
+    output:
+        results=f"{RESULTS}/tables/ace_results.csv",
+        trajectories=f"{RESULTS}/tables/ace_trajectories.csv",
+        curves=f"{RESULTS}/tables/ace_curves.csv",
+        summary=report(
+            f"{RESULTS}/tables/ace_summary.csv",
+            caption="../report/ace_summary.rst",
+            category="ACE",
+        ),
+    log:
+        f"{RESULTS}/logs/ace/tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ace/tables.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        gpu=0,
+    script:
+        "../scripts/ace_tables.py"
+
+
+rule ace_figures:
+    input:
+        results=rules.ace_tables.output.results,
+        trajectories=rules.ace_tables.output.trajectories,
+    output:
+        trajectories=report(
+            f"{RESULTS}/figures/ace_trajectories.png",
+            caption="../report/ace_trajectories.rst",
+            category="ACE",
+        ),
+        sample_efficiency=report(
+            f"{RESULTS}/figures/ace_sample_efficiency.png",
+            caption="../report/ace_sample_efficiency.rst",
+            category="ACE",
+        ),
+        equivariance=report(
+            f"{RESULTS}/figures/ace_equivariance_accuracy.png",
+            caption="../report/ace_equivariance_accuracy.rst",
+            category="ACE",
+        ),
+    log:
+        f"{RESULTS}/logs/ace/figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ace/figures.tsv"
+    params:
+        profile=config["profile"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        gpu=0,
+    script:
+        "../scripts/ace_figures.py"

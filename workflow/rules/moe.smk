@@ -1,0 +1,146 @@
+# MoE-LMC: fine-tune MoE layers on the frozen dense backbone (the `train` rule's checkpoint of seed
+# `backbone_seed`) for every seed, align every pair of seeds with Algorithm 1 and its baselines,
+# interpolate; tabulate; plot. One job per (model, gating, n_experts, placement) does all seeds.
+
+MOE = config.get("moe", {})
+MOE_MODELS = MOE.get("models", {})
+for _m in MOE_MODELS:
+    _require_model(_m, "a model named in moe.models")
+
+
+def moe_setting(model, key):
+    """A per-model override of moe.<key>, else the track-wide value."""
+    return MOE_MODELS[model].get(key, MOE.get(key))
+
+
+MOE_CONFIGS = [
+    (m, g, n, p)
+    for m in MOE_MODELS
+    for g in moe_setting(m, "gatings")
+    for n in moe_setting(m, "n_experts")
+    for p in moe_setting(m, "placements")
+]
+MOE_OUTPUTS = [f"{RESULTS}/moe/sweep/{m}/{g}/n{n}/{p}/barriers.csv" for m, g, n, p in MOE_CONFIGS]
+
+
+wildcard_constraints:
+    gating="dense|topk|shared",
+    n_experts=r"\d+",
+    placement="first|last|all",
+
+
+def moe_layer_cfg(wc):
+    return {
+        "n_experts": int(wc.n_experts),
+        "gating": wc.gating,
+        "k": MOE.get("k", 2),
+        "n_shared": MOE.get("n_shared", 1),
+        "hidden": MOE.get("hidden"),
+        "activation": MOE.get("activation", "gelu"),
+        "aux_loss_coef": MOE.get("aux_loss_coef", 0.0),
+        "placement": wc.placement,
+    }
+
+
+def moe_barrier_cfg(model):
+    return {**config["barrier"], **MOE.get("barrier", {}), **MOE_MODELS[model].get("barrier", {})}
+
+
+rule moe_sweep:
+    input:
+        lambda wc: checkpoint(wc.model, MOE.get("backbone_seed", 0)),
+    output:
+        barriers=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/barriers.csv",
+        curve=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/curve.csv",
+        ranks=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/ranks.csv",
+    log:
+        f"{RESULTS}/logs/moe_sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/moe_sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}.tsv"
+    params:
+        moe_cfg=moe_layer_cfg,
+        train_cfg=lambda wc: MOE_MODELS[wc.model]["train"],
+        data_cfg=lambda wc: dataset_cfg(wc.model),
+        seeds=MOE.get("seeds", SEEDS),
+        barrier_cfg=lambda wc: moe_barrier_cfg(wc.model),
+        methods=MOE.get("methods", ["naive", "skip_order", "gate_wm", "expert_wm", "best_order"]),
+        max_orders=MOE.get("max_orders", 720),
+        train_backbone=MOE.get("train_backbone", False),
+        save_models=MOE.get("save_models", True),
+        labels=lambda wc: {
+            "track": "moe",
+            "experiment": "sweep",
+            "model": wc.model,
+            "dataset": dataset_cfg(wc.model)["name"],
+            "gating": wc.gating,
+            "n_experts": int(wc.n_experts),
+            "placement": wc.placement,
+        },
+    threads: model_resource("threads")
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
+    script:
+        "../scripts/moe_sweep.py"
+
+
+rule moe_tables:
+    input:
+        MOE_OUTPUTS,
+    output:
+        barriers=f"{RESULTS}/tables/moe_barriers.csv",
+        curves=f"{RESULTS}/tables/moe_curves.csv",
+        order_ranks=f"{RESULTS}/tables/moe_order_ranks.csv",
+        summary=report(
+            f"{RESULTS}/tables/moe_summary.csv",
+            caption="../report/moe_summary.rst",
+            category="MoE-LMC",
+        ),
+    log:
+        f"{RESULTS}/logs/moe_tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/moe_tables.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        gpu=0,
+    script:
+        "../scripts/moe_tables.py"
+
+
+rule moe_figures:
+    input:
+        barriers=rules.moe_tables.output.barriers,
+        curves=rules.moe_tables.output.curves,
+        order_ranks=rules.moe_tables.output.order_ranks,
+    output:
+        curves=report(
+            f"{RESULTS}/figures/moe_curves.png",
+            caption="../report/moe_curves.rst",
+            category="MoE-LMC",
+        ),
+        ratio=report(
+            f"{RESULTS}/figures/moe_ratio_heatmap.png",
+            caption="../report/moe_ratio_heatmap.rst",
+            category="MoE-LMC",
+        ),
+        ranks=report(
+            f"{RESULTS}/figures/moe_rank_hist.png",
+            caption="../report/moe_rank_hist.rst",
+            category="MoE-LMC",
+        ),
+    log:
+        f"{RESULTS}/logs/moe_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/moe_figures.tsv"
+    params:
+        profile=config["profile"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        gpu=0,
+    script:
+        "../scripts/moe_figures.py"

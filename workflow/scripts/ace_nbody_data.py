@@ -1,0 +1,5 @@
+from lmcbench.ace.jobs import nbody_data_job
+from lmcbench.runner import snakemake_job
+
+with snakemake_job(snakemake):
+    nbody_data_job(dict(snakemake.output.items()), snakemake.params.cfg)

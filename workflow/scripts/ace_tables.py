@@ -1,0 +1,5 @@
+from lmcbench.ace.report import ace_tables
+from lmcbench.runner import snakemake_job
+
+with snakemake_job(snakemake):
+    ace_tables(snakemake.input, snakemake.output)

@@ -1,0 +1,5 @@
+from lmcbench import tables
+from lmcbench.runner import snakemake_job
+
+with snakemake_job(snakemake):
+    tables.moe_tables(snakemake.input, snakemake.output)
