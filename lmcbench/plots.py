@@ -76,9 +76,9 @@ def moe_curves(curves: pd.DataFrame, path: str | Path, profile: str = "", split:
                metric: str = "loss") -> None:
     """Loss along λ per method (naive vs matched), one panel per gating variant, one row per model."""
     part = curves[(curves["split"] == split) & (curves["metric"] == metric)]
-    grid = sns.relplot(data=part, x="lambda", y="value", hue="method", col="gating", row="model", kind="line",
-                       marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2,
-                       col_order=[g for g in ("dense", "topk", "shared") if g in set(part["gating"])])
+    part = part.assign(panel=part["model"] + " · " + part["gating"])
+    grid = sns.relplot(data=part, x="lambda", y="value", hue="method", col="panel", col_wrap=3, kind="line",
+                       marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
     grid.set_axis_labels("λ (1 = model A, 0 = aligned model B)", f"{split} {metric}")
     _save(grid, path, f"MoE-LMC: {split} {metric} along the linear path ({profile} profile)")
 
@@ -91,13 +91,14 @@ def moe_ratio_heatmap(barriers: pd.DataFrame, path: str | Path, profile: str = "
         _empty(path, f"no {method} rows")
         return
     mean = part.groupby(["model", "gating", "placement", "n_experts"], as_index=False)["ratio_to_naive"].mean()
+    mean["panel"] = mean["model"] + " · " + mean["gating"]
 
     def draw(data, **kw):
         table = data.pivot(index="placement", columns="n_experts", values="ratio_to_naive")
         sns.heatmap(table, annot=True, fmt=".2f", cmap="viridis_r", vmin=0, vmax=max(1.0, mean["ratio_to_naive"].max()),
                     cbar=False, ax=matplotlib.pyplot.gca())
 
-    grid = sns.FacetGrid(mean, row="model", col="gating", height=2.6, aspect=1.1)
+    grid = sns.FacetGrid(mean, col="panel", col_wrap=3, height=2.6, aspect=1.1)
     grid.map_dataframe(draw)
     _save(grid, path, f"MoE-LMC: {split} {metric} barrier, {method} / naive ({profile} profile)")
 

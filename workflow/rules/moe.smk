@@ -1,6 +1,8 @@
 # MoE-LMC: fine-tune MoE layers on the frozen dense backbone (the `train` rule's checkpoint of seed
 # `backbone_seed`) for every seed, align every pair of seeds with Algorithm 1 and its baselines,
 # interpolate; tabulate; plot. One job per (model, gating, n_experts, placement) does all seeds.
+# moe_full_model (beyond the paper): MoEs on independently trained backbones, whole-model alignment.
+from types import SimpleNamespace
 
 MOE = config.get("moe", {})
 MOE_MODELS = MOE.get("models", {})
@@ -20,7 +22,14 @@ MOE_CONFIGS = [
     for n in moe_setting(m, "n_experts")
     for p in moe_setting(m, "placements")
 ]
-MOE_OUTPUTS = [f"{RESULTS}/moe/sweep/{m}/{g}/n{n}/{p}/barriers.csv" for m, g, n, p in MOE_CONFIGS]
+MOE_FULL = MOE.get("full_model", {"models": []})
+for _m in MOE_FULL["models"]:
+    _require_model(_m, "a model named in moe.full_model")
+    if _m not in MOE_MODELS:
+        raise ValueError(f"config error: moe.full_model model {_m!r} needs a moe.models.{_m} section (its schedule)")
+MOE_OUTPUTS = [f"{RESULTS}/moe/sweep/{m}/{g}/n{n}/{p}/barriers.csv" for m, g, n, p in MOE_CONFIGS] + [
+    f"{RESULTS}/moe/full_model/{m}/barriers.csv" for m in MOE_FULL["models"]
+]
 
 
 wildcard_constraints:
@@ -83,6 +92,47 @@ rule moe_sweep:
         gpu=model_resource("gpu"),
     script:
         "../scripts/moe_sweep.py"
+
+
+rule moe_full_model:
+    input:
+        lambda wc: [checkpoint(wc.model, s) for s in model_seeds(wc.model)[: MOE_FULL.get("n_models", 3)]],
+    output:
+        barriers=f"{RESULTS}/moe/full_model/{{model}}/barriers.csv",
+        curve=f"{RESULTS}/moe/full_model/{{model}}/curve.csv",
+    log:
+        f"{RESULTS}/logs/moe_full_model/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/moe_full_model/{{model}}.tsv"
+    params:
+        moe_cfg=lambda wc: moe_layer_cfg(
+            SimpleNamespace(
+                n_experts=MOE_FULL.get("n_experts", 4),
+                gating=MOE_FULL.get("gating", "dense"),
+                placement=MOE_FULL.get("placement", "first"),
+            )
+        ),
+        train_cfg=lambda wc: MOE_MODELS[wc.model]["train"],
+        data_cfg=lambda wc: dataset_cfg(wc.model),
+        barrier_cfg=lambda wc: moe_barrier_cfg(wc.model),
+        methods=MOE_FULL.get("methods", ["naive", "backbone_only", "full_gate_wm", "full_expert_wm"]),
+        rounds=MOE_FULL.get("rounds", 3),
+        labels=lambda wc: {
+            "track": "moe",
+            "experiment": "full_model",
+            "model": wc.model,
+            "dataset": dataset_cfg(wc.model)["name"],
+            "gating": MOE_FULL.get("gating", "dense"),
+            "n_experts": MOE_FULL.get("n_experts", 4),
+            "placement": MOE_FULL.get("placement", "first"),
+        },
+    threads: model_resource("threads")
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
+    script:
+        "../scripts/moe_full_model.py"
 
 
 rule moe_tables:

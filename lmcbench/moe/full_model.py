@@ -1,0 +1,131 @@
+"""`moe_full_model` (beyond the paper): whole-model alignment of MoE Transformers whose *backbones* were
+trained independently, so the residual stream, heads and dense MLPs must be aligned as well.
+
+The symmetry spec is GLMC's permutation classes of the dense architecture (residual stream, heads and
+MLP units as permutations, as Git Re-Basin / `perm_weight_matching` use them for LayerNorm models),
+with each replaced FFN's MLP space removed and its residual actions rewired to the MoE layer: the
+router and every expert's A_i read the stream (axis of size d), every B_i and v_i write it. Expert
+order and hidden units are MoE-internal and handled by Algorithm 1 ([inferred] composition: the
+paper permutes nothing outside the MoE layer, moe.md §3.2 item 8).
+
+Alignment alternates, for `rounds` rounds: Git Re-Basin weight matching over the backbone spaces
+(`lmcbench.matchers.weight_matching.permutation_weight_matching`), then Algorithm 1 on every MoE
+layer in the now-shared residual basis. Methods: naive; backbone_only (the backbone spaces, experts
+in their own order and hidden units unmatched); full_gate_wm / full_expert_wm (backbone + Algorithm 1).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from itertools import combinations
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lmcbench.checkpoints import load_model
+from lmcbench.data import load_dataset
+from lmcbench.io import provenance, run_id, write_json
+from lmcbench.matchers.weight_matching import _permutation_spec, permutation_weight_matching
+from lmcbench.models import build_model
+from lmcbench.moe.jobs import _curve, add_ratios, curve_metrics, finetune_moe
+from lmcbench.moe.matching import align
+from lmcbench.moe.symmetry import has_shared, moe_prefixes
+from lmcbench.symmetry.spec import Action, Space, SymmetrySpec
+from lmcbench.tables import write_csv
+from lmcbench.tasks import make_task
+
+log = logging.getLogger(__name__)
+
+FULL_METHODS = ("naive", "backbone_only", "full_gate_wm", "full_expert_wm")
+
+
+def moe_residual_actions(prefix: str, shared: bool) -> list[Action]:
+    """How the residual permutation acts on one MoE layer (stacked tensors: router (n, d), w1 (n, h, d),
+    w2 (n, d, h), b2 (n, d))."""
+    acts = [Action(f"{prefix}.router.weight", 1, "reader"), Action(f"{prefix}.w1", 2, "reader"),
+            Action(f"{prefix}.w2", 1, "writer"), Action(f"{prefix}.b2", 1, "writer")]
+    if shared:
+        acts += [Action(f"{prefix}.shared_w1", 2, "reader"), Action(f"{prefix}.shared_w2", 1, "writer"),
+                 Action(f"{prefix}.shared_b2", 1, "writer")]
+    return acts
+
+
+def moe_backbone_spec(model: torch.nn.Module, model_cfg: dict, meta: dict) -> SymmetrySpec:
+    """Permutation spec of an MoE model's backbone (see the module docstring)."""
+    dense_cfg = {k: v for k, v in model_cfg.items() if k != "moe"}
+    spec = _permutation_spec(build_model(dense_cfg, meta))
+    state = model.state_dict()
+    prefixes = moe_prefixes(model)
+
+    def in_moe(param: str) -> bool:
+        return any(param.startswith(p + ".") for p in prefixes)
+
+    spaces = []
+    for space in spec:
+        if space.name == "residual":
+            actions = [a for a in space.actions if not in_moe(a.param)]
+            for p in prefixes:
+                actions += moe_residual_actions(p, has_shared(state, p))
+            spaces.append(Space(space.name, space.group, space.dim, tuple(actions), space.block))
+        elif not all(in_moe(a.param) for a in space.actions):
+            spaces.append(space)
+    return SymmetrySpec(tuple(spaces))
+
+
+def align_full(spec: SymmetrySpec, state_a: dict, state_b: dict, method: str, rounds: int = 3,
+               seed: int = 0) -> dict:
+    """B aligned to A by `method` (one of FULL_METHODS)."""
+    if method == "naive":
+        return dict(state_b)
+    state = dict(state_b)
+    for _ in range(rounds if method != "backbone_only" else 1):
+        state = permutation_weight_matching(spec, state_a, state, seed=seed).state_b
+        if method != "backbone_only":
+            state, _ = align(state_a, state, method.removeprefix("full_"))
+    return state
+
+
+def moe_full_model_job(out_dir: str | Path, backbone_ckpts: list[str | Path], moe_cfg: dict, train_cfg: dict,
+                       data_cfg: dict, barrier_cfg: dict, methods=FULL_METHODS, labels: dict | None = None,
+                       rounds: int = 3, progress: bool = False) -> pd.DataFrame:
+    """For every independently trained backbone: insert an MoE (initialised from the backbone's seed) and
+    fine-tune it; then align every pair of whole models with each method and interpolate.
+    Writes barriers.csv, curve.csv, provenance.json."""
+    out_dir = Path(out_dir)
+    job = {"job": "moe_full_model", "backbones": [str(c) for c in backbone_ckpts], "moe": moe_cfg,
+           "train": train_cfg, "data": data_cfg, "barrier": barrier_cfg, "methods": list(methods), "rounds": rounds}
+    rid = run_id(job)
+    data, task, models, timing = None, None, {}, {}
+    start = time.perf_counter()
+    for ckpt in backbone_ckpts:
+        backbone, info = load_model(ckpt)
+        if task is None:
+            data = load_dataset(data_cfg)
+            task = make_task(data, info["model"])
+        model, _ = finetune_moe(backbone, task, moe_cfg, train_cfg, info["seed"], progress=progress)
+        models[info["seed"]] = model
+    timing["finetune_s"] = time.perf_counter() - start
+    seeds = sorted(models)
+    template = models[seeds[0]]
+    spec = moe_backbone_spec(template, info["model"], info["meta"])
+    curves, tables = [], []
+    start = time.perf_counter()
+    for a, b in combinations(seeds, 2):
+        state_a = {k: v.detach().clone() for k, v in models[a].state_dict().items()}
+        state_b = {k: v.detach().clone() for k, v in models[b].state_dict().items()}
+        keys = {**(labels or {}), "seed_a": a, "seed_b": b, "run_id": rid}
+        for method in methods:
+            aligned = align_full(spec, state_a, state_b, method, rounds)
+            curve = _curve(copy.deepcopy(template), task, state_a, aligned, barrier_cfg)
+            curves.append(curve.assign(method=method, **keys))
+            tables.append(curve_metrics(curve).assign(method=method, order="", **keys))
+    timing["align_s"] = time.perf_counter() - start
+    table = add_ratios(pd.concat(tables, ignore_index=True))
+    log.info("full-model alignment (test):\n%s", table.query("split == 'test'").groupby(["method", "metric"])
+             [["barrier", "ratio_to_naive"]].mean().to_string())
+    write_csv(pd.concat(curves, ignore_index=True), out_dir / "curve.csv")
+    write_csv(table, out_dir / "barriers.csv")
+    write_json(out_dir / "provenance.json", {**provenance(job, seeds[0]), "run_id": rid, "timing": timing})
+    return table
