@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmcbench.ace.constrained import VARIANTS, ace_defects, ace_optimizer
+from lmcbench.ace.constrained import VARIANTS, Adam, ace_defects, ace_optimizer
 from lmcbench.ace.layers import branch, branch_parameters, gamma_parameters, gammas, mixed_layers
 
 METHODS = ("strict", "unconstrained", "penalty", "rpp", "relaxed_conv", "schedule", *VARIANTS)
@@ -50,10 +50,11 @@ def fit(model, task, method: str, train: dict, ace: dict, baselines: dict, seed:
     theta = [p for p in model.parameters() if id(p) not in gam_ids]
     groups = [{"params": theta, "lr": train["lr"]}]
     if gam and method != "schedule":
-        groups.append({"params": gam, "lr": train.get("gamma_lr", train["lr"])})
+        groups.append({"params": gam, "lr": train.get("gamma_lr", train["lr"]),
+                       "sgd": train.get("gamma_optimizer", "adam") == "sgd"})
     for p in gam:
         p.requires_grad_(method != "schedule")
-    opt = torch.optim.Adam(groups)
+    opt = Adam(groups)   # torch.optim.Adam's update; see constrained.Adam for why not torch.optim
     names = [n for n, _ in mixed_layers(model)]
     problem = None
     if method in VARIANTS:

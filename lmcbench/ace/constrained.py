@@ -22,11 +22,58 @@ ACE variants over per-layer γ (see `ace_defects`):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 VARIANTS = ("ace_equality", "ace_resilient", "ace_eps")
+
+
+class Adam:
+    """Adam (Kingma & Ba; the same update and defaults as `torch.optim.Adam`, no weight decay, no amsgrad),
+    with the parts of the optimiser interface used here: `param_groups`, `zero_grad`, `step`.
+
+    Why not torch.optim: every `torch.optim.Optimizer` (its `__init__`, `zero_grad`) is wrapped by
+    `torch._disable_dynamo`, which imports `torch._dynamo` on first use: 3–6 s per process on the 2-core
+    machine, more than a whole smoke-size ACE run. This class is numerically the same update
+    (tests/test_ace.py::test_adam_matches_torch).
+
+    A param group with `"sgd": True` gets plain gradient descent p ← p − lr·∇p instead [official code
+    `--optimizer adamsgd`, which puts γ under SGD]: with Adam on a scalar γ the step is ≈ lr whatever the
+    gradient, so near γ = 0 it keeps jittering at ~lr and γ never settles within a short budget."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+        params = list(params)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = [{"lr": lr, "betas": betas, "eps": eps, **g, "params": list(g["params"])} for g in groups]
+        self.state: dict[int, dict] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for g in self.param_groups:
+            b1, b2 = g["betas"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                if g.get("sgd"):
+                    p.add_(p.grad, alpha=-g["lr"])
+                    continue
+                st = self.state.setdefault(id(p), {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)})
+                st["step"] += 1
+                t = st["step"]
+                st["m"].lerp_(p.grad, 1 - b1)
+                st["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (st["v"].sqrt() / math.sqrt(1 - b2 ** t)).add_(g["eps"])
+                p.addcdiv_(st["m"], denom, value=-g["lr"] / (1 - b1 ** t))
 
 
 @dataclass(frozen=True)
@@ -58,9 +105,9 @@ class ConstrainedOptimizer:
         self.dual_lr, self.dual_kind, self.aug_lag = float(dual_lr), dual_optimizer, float(aug_lag)
         self.dual = None
         if dual_optimizer != "ascent":
-            opt = torch.optim.Adam if dual_optimizer == "adam" else torch.optim.SGD
             self._lam_param = torch.nn.Parameter(torch.zeros(k))
-            self.dual = opt([self._lam_param], lr=self.dual_lr)
+            self.dual = (Adam([self._lam_param], lr=self.dual_lr) if dual_optimizer == "adam"
+                         else torch.optim.SGD([self._lam_param], lr=self.dual_lr))
             self.lam = self._lam_param.data   # shares storage: the optimiser updates self.lam in place
         self.rho = resilient_rho
         self.u = torch.zeros(k) if resilient_rho is not None else None

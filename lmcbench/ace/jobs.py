@@ -186,18 +186,17 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
     return records, traj, curves
 
 
-def experiment_job(experiment: str, task_name: str, cfg: dict, out_dir: str | Path,
-                   nbody_files: dict | None = None) -> pd.DataFrame:
-    """Run one ACE experiment on one task ("image" | "nbody") and write its tables."""
+def experiment_runs(experiment: str, task_name: str, cfg: dict, nbody_files: dict | None = None,
+                    tasks: dict | None = None, rid: str = "") -> tuple[list, list, list]:
+    """Train every run of one ACE experiment on one task; return (records, trajectories, curves).
+    `tasks` caches the built task data by (regime, n_train, noise) across experiments of one process."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown ACE experiment {experiment!r}; valid: {EXPERIMENTS}")
-    out_dir = Path(out_dir)
     ecfg = cfg["experiments"][experiment]
     seeds = ecfg.get("seeds", cfg["seeds"])
     symmetric = "rotated" if task_name == "image" else "symmetric"
     partial = "upright" if task_name == "image" else "field"
-    job = {"job": f"ace_{experiment}", "task": task_name, "ace": cfg, "nbody_files": nbody_files}
-    rid = run_id(job)
+    tasks = {} if tasks is None else tasks
     runs = []   # (regime, n_train, noise, method, dual_lr override)
     n_default = cfg[task_name]["train"].get("n_train")
     if experiment == "accuracy":
@@ -211,7 +210,7 @@ def experiment_job(experiment: str, task_name: str, cfg: dict, out_dir: str | Pa
     elif experiment == "dual_lr":
         runs = [(symmetric, n_default, 0.0, ecfg.get("method", "ace_equality"), lr) for lr in ecfg["values"]]
     runs = [r for r in runs if not (task_name == "nbody" and r[3] == "relaxed_conv")]   # image-only baseline
-    records, trajs, curves, tasks = [], [], [], {}
+    records, trajs, curves = [], [], []
     for regime, n_train, noise, method, dual_lr in runs:
         key = (regime, n_train, noise)
         if key not in tasks:
@@ -224,6 +223,10 @@ def experiment_job(experiment: str, task_name: str, cfg: dict, out_dir: str | Pa
             records += r
             trajs += t
             curves += c
+    return records, trajs, curves
+
+
+def _write_tables(out_dir: Path, records, trajs, curves, job: dict, rid: str) -> pd.DataFrame:
     table = pd.DataFrame(records)
     write_csv(table, out_dir / "records.csv")
     write_csv(pd.DataFrame(trajs, columns=["experiment", "task", "regime", "perturbation", "dual_lr", "run_id",
@@ -232,6 +235,35 @@ def experiment_job(experiment: str, task_name: str, cfg: dict, out_dir: str | Pa
     write_csv(pd.DataFrame(curves), out_dir / "curves.csv")
     write_json(out_dir / "provenance.json", {**provenance(job, None), "run_id": rid})
     return table
+
+
+def experiment_job(experiment: str, task_name: str, cfg: dict, out_dir: str | Path,
+                   nbody_files: dict | None = None) -> pd.DataFrame:
+    """Run one ACE experiment on one task ("image" | "nbody") and write its tables."""
+    job = {"job": f"ace_{experiment}", "task": task_name, "ace": cfg, "nbody_files": nbody_files}
+    rid = run_id(job)
+    return _write_tables(Path(out_dir), *experiment_runs(experiment, task_name, cfg, nbody_files, rid=rid), job, rid)
+
+
+def task_job(task_name: str, cfg: dict, out_dir: str | Path, nbody_files: dict | None = None,
+             experiments: list[str] | None = None) -> pd.DataFrame:
+    """Run every configured ACE experiment on one task sequentially in one process (one Snakemake job per
+    task: Python/torch/escnn start-up is paid once, and the task data are built once and shared), and write
+    records.csv / trajectories.csv / curves.csv / provenance.json for all of them together."""
+    experiments = list(cfg["experiments"]) if experiments is None else list(experiments)
+    job = {"job": "ace_experiment", "task": task_name, "experiments": experiments, "ace": cfg,
+           "nbody_files": nbody_files}
+    rid = run_id(job)
+    records, trajs, curves, tasks = [], [], [], {}
+    for experiment in experiments:
+        t0 = time.time()
+        r, t, c = experiment_runs(experiment, task_name, cfg, nbody_files, tasks, rid)
+        records += r
+        trajs += t
+        curves += c
+        log.info("ACE %s / %s: %d runs in %.1fs", task_name, experiment,
+                 sum(1 for x in r if x["metric"] == "train_seconds"), time.time() - t0)
+    return _write_tables(Path(out_dir), records, trajs, curves, job, rid)
 
 
 def nbody_data_job(out: dict, cfg: dict) -> None:

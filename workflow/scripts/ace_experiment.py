@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from lmcbench.ace.jobs import experiment_job
+from lmcbench.ace.jobs import task_job
 from lmcbench.runner import snakemake_job
 
 with snakemake_job(snakemake):
-    experiment_job(snakemake.wildcards.ace_experiment, snakemake.wildcards.ace_task, snakemake.params.cfg,
-                   Path(snakemake.output.records).parent, snakemake.params.nbody)
+    task_job(snakemake.wildcards.ace_task, snakemake.params.cfg, Path(snakemake.output.records).parent,
+             snakemake.params.nbody, snakemake.params.experiments)
