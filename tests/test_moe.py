@@ -260,3 +260,21 @@ def test_sweep_job_and_tables(tmp_path, backbone_ckpt):
                 "metric", "barrier", "auc", "ratio_to_naive", "run_id"):
         assert col in written
     assert len(pd.read_csv(outputs["order_ranks"])) == 9
+
+
+def test_load_balancing_loss_is_added_in_training_only(datasets):
+    from lmcbench.models.moe import AuxLossTask, aux_loss
+    from lmcbench.tasks import make_task
+
+    cfg = vit_cfg()
+    model = insert_moe(fresh_model(cfg, datasets["vit"], 0), {**MOE_CFG, "aux_loss_coef": 0.5},
+                       torch.Generator().manual_seed(0))
+    task = make_task(datasets["vit"], cfg)
+    x, y = task.eval_tensors("test", 8)
+    plain = task.score(model.train(), x, y)[0]
+    wrapped = AuxLossTask(task).score(model.train(), x, y)[0]
+    extra = aux_loss(model)
+    assert extra is not None and extra > 0
+    torch.testing.assert_close(wrapped, plain + extra * 8)
+    model.eval()
+    torch.testing.assert_close(AuxLossTask(task).score(model, x, y)[0], task.score(model, x, y)[0])

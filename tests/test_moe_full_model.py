@@ -30,7 +30,8 @@ def test_backbone_permutations_are_exact_symmetries_of_the_moe_model(family, gat
     moved.load_state_dict(apply(spec, model.state_dict(), sample_element(spec, torch.Generator().manual_seed(1),
                                                                           classes=("perm",))))
     x = data.test[0][:4] if family == "vit" else data.test[:32].reshape(2, 16)
-    assert not torch.equal(moved.state_dict()[list(moved.state_dict())[0]], model.state_dict()[list(model.state_dict())[0]])
+    first = next(iter(model.state_dict()))
+    assert not torch.equal(moved.state_dict()[first], model.state_dict()[first])
     torch.testing.assert_close(_logits(moved, x, family), _logits(model, x, family), rtol=0, atol=1e-5)
 
 

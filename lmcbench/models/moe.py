@@ -140,19 +140,20 @@ class MoE(nn.Module):
         act = ACTIVATIONS[self.activation]
         h = act(torch.einsum("ncd,nhd->nch", buf, self.w1) + self.b1[:, None])
         y = torch.einsum("nch,ndh->ncd", h, self.w2) + self.b2[:, None]
-        return x.new_zeros(t, x.shape[-1]).index_add_(0, token, y[expert, slot] * w[:, None].to(y.dtype))
+        return x.new_zeros(t, x.shape[-1]).index_add_(0, token, (y[expert, slot] * w[:, None]).to(x.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         scores, weights, idx = self.gates(x)
         if self.dispatch == "batched":
-            mix = torch.zeros_like(scores).scatter(-1, idx, weights)   # (T, n), zeros off the top-k
+            mix = weights.new_zeros(scores.shape).scatter(-1, idx, weights)   # (T, n), zeros off the top-k
             out = torch.einsum("tn,tnd->td", mix, self._experts_all(x))
         else:
             out = self._grouped(x, weights, idx)
         if self.n_shared:
             out = out + self._shared(x)
+        out = out.to(x.dtype)
         if self.training and self.aux_loss_coef:
             probs = scores.softmax(-1)
             load = torch.bincount(idx.reshape(-1), minlength=self.n_experts).to(probs.dtype) / idx.numel()

@@ -1,4 +1,13 @@
-"""MoE-LMC track: the G(n) symmetry of MoE layers, Algorithm 1 matching, barrier metrics and jobs.
+"""MoE-LMC track (Tran et al., NeurIPS 2025; spec: shared/reference/moe.md).
 
-The MoE layer itself lives in `lmcbench.models.moe` (so `build_model` can rebuild MoE checkpoints).
+* `lmcbench.models.moe` — the MoE layer (dense / topk / shared gating, stacked experts, vectorised
+  dispatch, load-balancing loss) and `insert_moe`, which replaces FFNs of a timm ViT or HF GPT-2.
+* `lmcbench.moe.symmetry` — the G(n) action (expert permutation as a GLMC `Space`, common gate
+  translation) and per-expert hidden-unit permutations.
+* `lmcbench.moe.matching` — Algorithm 1 (gate_wm / expert_wm + Step 2) and the naive, skip_order and
+  best_order baselines.
+* `lmcbench.moe.jobs` — chord AUC, ratios to naive, order ranks, scaled excess barrier, and the
+  `moe_sweep_job` (fine-tune per seed on a frozen backbone, align all pairs, write tidy CSVs).
+* `lmcbench.moe.full_model` — beyond the paper: whole-model alignment of MoE transformers on
+  independently trained backbones (`moe_full_model_job`).
 """

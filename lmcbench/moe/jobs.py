@@ -143,10 +143,12 @@ def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barri
         best_b = float(order_table["barrier"].min())
         lookup = dict(zip(order_table["order"], order_table["barrier"]))
         for method in [m for m in RANKED if m in states]:
-            b = lookup[order_key(taus[method])]
-            ranks.append({"method": method, "order": order_key(taus[method]), "rank": order_rank(b, order_table["barrier"]),
-                          "n_orders": len(order_table), "barrier": b, "best_barrier": best_b, "naive_barrier": naive_b,
-                          "scaled_excess": scaled_excess(b, best_b, naive_b), "split": "test", "metric": "loss", **keys})
+            key = order_key(taus[method])
+            b = lookup[key]
+            ranks.append({"method": method, "order": key, "rank": order_rank(b, order_table["barrier"]),
+                          "n_orders": len(order_table), "barrier": b, "best_barrier": best_b,
+                          "naive_barrier": naive_b, "scaled_excess": scaled_excess(b, best_b, naive_b),
+                          "split": "test", "metric": "loss", **keys})
         order_rows = order_table.assign(**keys)
     else:
         order_rows = pd.DataFrame()
