@@ -5,8 +5,9 @@ canonical form (LayerNorm → RMSNorm, "canonical"), or the attention circuit fo
 ("circuit", heads of size D+1). The form is a deterministic function of the module structure, so
 `load_model` rebuilds the original architecture, converts it, and loads the weights strictly.
 For GPT-2 in the original form, config.json is also a valid Hugging Face config, so the directory
-loads with `GPT2LMHeadModel.from_pretrained(directory)`; other forms deliberately omit the Hugging
-Face keys, so that a library loader fails loudly instead of building LayerNorms that are not there.
+loads with `GPT2LMHeadModel.from_pretrained(directory)`; other forms, and MoE models, deliberately
+omit the Hugging Face keys, so that a library loader fails loudly instead of building modules
+(LayerNorms, dense FFNs) that are not there.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def save_model(directory: str | Path, model: nn.Module, model_cfg: dict, meta: d
     if form not in FORMS:
         raise ValueError(f"unknown checkpoint form {form!r}; known: {sorted(FORMS)}")
     hf = getattr(model, "config", None)
-    config = hf.to_dict() if form == "original" and hasattr(hf, "to_dict") else {}
+    plain = form == "original" and not model_cfg.get("moe")  # a stock module a library loader can rebuild
+    config = hf.to_dict() if plain and hasattr(hf, "to_dict") else {}
     config["lmcbench"] = {**architecture_config(model_cfg, meta), "form": form, **info}
     return save_checkpoint(directory, model.state_dict(), config)
 

@@ -89,6 +89,19 @@ def expected_jobs(config: dict) -> dict[str, int]:
         jobs["glmc_width_hetero"] = len(glmc["width_hetero"]["pairs"]) * len(glmc["width_hetero"]["methods"])
     if glmc.get("multi_model", {}).get("models"):
         jobs["glmc_multi_model"] = len(glmc["multi_model"]["models"]) * len(glmc["multi_model"]["methods"])
+    moe = config.get("moe", {})
+    if moe.get("models"):  # one job per (model, gating, n_experts, placement), all seeds inside
+        setting = lambda model, key: moe["models"][model].get(key, moe.get(key))  # noqa: E731
+        jobs["moe_sweep"] = sum(len(setting(m, "gatings")) * len(setting(m, "n_experts")) * len(setting(m, "placements"))
+                                for m in moe["models"])
+        jobs["moe_tables"] = jobs["moe_figures"] = 1
+        if moe.get("full_model", {}).get("models"):
+            jobs["moe_full_model"] = len(moe["full_model"]["models"])
+    if config.get("ace"):  # one job per task, the cached N-body pools, tables, figures
+        jobs["ace_experiment"] = len(config["ace"]["tasks"])
+        jobs["ace_tables"] = jobs["ace_figures"] = 1
+        if "nbody" in config["ace"]["tasks"]:
+            jobs["ace_nbody_data"] = 1
     return jobs
 
 
