@@ -294,4 +294,4 @@ def test_full_smoke_workflow(tmp_path):
     tex = (tables / "glmc_summary.tex").read_text()
     assert "\\begin{tabular}" in tex
     for method in config["glmc"]["methods"]:
-        assert method in tex
+        assert method.replace("_", "\\_") in tex  # LaTeX-escaped
