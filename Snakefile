@@ -15,6 +15,13 @@ configfile: "workflow/config/default.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+onstart:
+    # before the first job (not on a dry run): load plugins, then every GLMC method must name a matcher
+    from lmcbench.plugins import check_methods
+
+    check_methods(config)
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/glmc.smk"

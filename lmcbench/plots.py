@@ -19,6 +19,15 @@ def _save(grid, path: str | Path, title: str) -> None:
     matplotlib.pyplot.close(grid.figure)
 
 
+def _empty(path: str | Path, message: str) -> None:
+    """A placeholder figure for an experiment the profile does not run, so the report still lists it."""
+    fig = matplotlib.pyplot.figure(figsize=(5, 2))
+    fig.text(0.5, 0.5, message, ha="center", va="center")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    matplotlib.pyplot.close(fig)
+
+
 def training_curves(history: pd.DataFrame, path: str | Path, profile: str = "") -> None:
     """Validation loss against step, one line per seed, one panel per model."""
     grid = sns.relplot(data=history, x="step", y="val_loss", hue="seed", col="model", kind="line",
@@ -29,6 +38,9 @@ def training_curves(history: pd.DataFrame, path: str | Path, profile: str = "") 
 def interpolation_curves(curves: pd.DataFrame, path: str | Path, profile: str = "",
                          title: str = "Linear interpolation") -> None:
     """Loss and accuracy along λ per method (mean and 95% CI over seed pairs), per model and split."""
+    if curves.empty:
+        _empty(path, f"{title}: not run in the {profile} profile")
+        return
     curves = curves.assign(panel=curves["model"] + " · " + curves["split"])
     grid = sns.relplot(data=curves, x="lambda", y="value", hue="method", row="metric", col="panel", kind="line",
                        marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
@@ -40,6 +52,9 @@ def interpolation_curves(curves: pd.DataFrame, path: str | Path, profile: str = 
 def barrier_summary(barriers: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test") -> None:
     """Bar chart of the chord barrier per method (mean ± std over pairs) for loss and accuracy."""
     part = barriers[barriers["split"] == split]
+    if part.empty:
+        _empty(path, f"no pairwise barriers on the {split} split in the {profile} profile")
+        return
     grid = sns.catplot(data=part, x="method", y="barrier", col="model", row="metric", kind="bar",
                        errorbar="sd", sharey=False, height=2.8, aspect=1.4)
     grid.set_xticklabels(rotation=30, ha="right")
@@ -49,6 +64,9 @@ def barrier_summary(barriers: pd.DataFrame, path: str | Path, profile: str = "",
 def simplex_heatmap(surface: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test",
                     metric: str = "loss") -> None:
     """Three-model mixtures drawn in barycentric coordinates, coloured by the metric, one panel per method."""
+    if surface.empty:
+        _empty(path, f"multi-model alignment: not run in the {profile} profile")
+        return
     part = surface[(surface["split"] == split) & (surface["metric"] == metric)]
     part = part.assign(x=part["w1"] + part["w2"] / 2, y=part["w2"] * 3 ** 0.5 / 2)
     grid = sns.relplot(data=part, x="x", y="y", hue="value", col="method", row="model", palette="viridis",
@@ -64,14 +82,6 @@ def simplex_heatmap(surface: pd.DataFrame, path: str | Path, profile: str = "", 
 
 
 # --------------------------------------------------------------------------------------------- MoE-LMC
-def _empty(path: str | Path, message: str) -> None:
-    fig = matplotlib.pyplot.figure(figsize=(5, 2))
-    fig.text(0.5, 0.5, message, ha="center", va="center")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    matplotlib.pyplot.close(fig)
-
-
 def moe_curves(curves: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test",
                metric: str = "loss") -> None:
     """Loss along λ per method (naive vs matched), one panel per gating variant, one row per model."""

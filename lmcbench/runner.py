@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from lmcbench.plugins import load_plugins
+
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[logging.StreamHandler(sys.stderr)], force=True,
@@ -38,6 +40,9 @@ def job_context(log_file: str | Path | None = None, threads: int | None = None) 
             raise
 
 
-def snakemake_job(snakemake) -> contextlib.AbstractContextManager:
-    """`with snakemake_job(snakemake): ...` inside a workflow/scripts shim."""
-    return job_context(snakemake.log[0] if snakemake.log else None, snakemake.threads)
+@contextlib.contextmanager
+def snakemake_job(snakemake) -> Iterator[None]:
+    """`with snakemake_job(snakemake): ...` inside a workflow/scripts shim; loads the config's plugins."""
+    with job_context(snakemake.log[0] if snakemake.log else None, snakemake.threads):
+        load_plugins(snakemake.config.get("plugins", []))
+        yield

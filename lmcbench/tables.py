@@ -26,6 +26,14 @@ def write_text(text: str, path: str | Path) -> None:
         Path(tmp).write_text(text)
 
 
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """A table written by `concat_csv`; an experiment the profile does not run leaves an empty file."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def concat_csv(paths: Iterable[str | Path], out: str | Path | None = None) -> pd.DataFrame:
     """Concatenate record files; with `out`, also write the result (atomically)."""
     paths = [Path(p) for p in paths]

@@ -1,13 +1,12 @@
-import pandas as pd
-
 from lmcbench import plots
+from lmcbench.tables import read_csv
 from lmcbench.runner import snakemake_job
 
 with snakemake_job(snakemake):
-    curves, barriers = pd.read_csv(snakemake.input.curves), pd.read_csv(snakemake.input.barriers)
+    curves, barriers = read_csv(snakemake.input.curves), read_csv(snakemake.input.barriers)
     profile = snakemake.params.profile
     plots.interpolation_curves(curves[curves["experiment"] == "pairwise"], snakemake.output.curves, profile=profile)
     plots.barrier_summary(barriers[barriers["experiment"] == "pairwise"], snakemake.output.summary, profile=profile)
-    plots.simplex_heatmap(pd.read_csv(snakemake.input.simplex), snakemake.output.simplex, profile=profile)
+    plots.simplex_heatmap(read_csv(snakemake.input.simplex), snakemake.output.simplex, profile=profile)
     plots.interpolation_curves(curves[curves["experiment"] == "width_hetero"], snakemake.output.hetero,
                                profile=profile, title="Width-heterogeneous interpolation")

@@ -1,11 +1,10 @@
-import pandas as pd
-
 from lmcbench import plots
+from lmcbench.tables import read_csv
 from lmcbench.runner import snakemake_job
 
 with snakemake_job(snakemake):
     profile = snakemake.params.profile
-    curves, barriers = pd.read_csv(snakemake.input.curves), pd.read_csv(snakemake.input.barriers)
+    curves, barriers = read_csv(snakemake.input.curves), read_csv(snakemake.input.barriers)
     plots.moe_curves(curves[curves["experiment"] == "sweep"], snakemake.output.curves, profile=profile)
     plots.moe_ratio_heatmap(barriers[barriers["experiment"] == "sweep"], snakemake.output.ratio, profile=profile)
-    plots.moe_rank_hist(pd.read_csv(snakemake.input.order_ranks), snakemake.output.ranks, profile=profile)
+    plots.moe_rank_hist(read_csv(snakemake.input.order_ranks), snakemake.output.ranks, profile=profile)
