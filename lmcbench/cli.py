@@ -3,7 +3,7 @@
   lmcbench train --config workflow/config/default.yaml --model vit --seed 0 --out results/models/vit/seed0
   lmcbench align A_DIR B_DIR --method vanilla --dataset mnist5k --out results/my_pair
   lmcbench matchers
-  lmcbench bench matching
+  lmcbench bench rules | matching | matching-scale | throughput
 """
 from __future__ import annotations
 
@@ -65,13 +65,22 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("matchers", help="list registered matchers")
 
-    p = sub.add_parser("bench", help="time GLMC weight matching on a random GPT-2 pair (default: GPT-2 small size)")
-    p.add_argument("what", choices=["matching"])
+    p = sub.add_parser("bench", help="measure: per-rule DAG times (rules), GLMC weight matching on a random GPT-2 "
+                                     "pair (matching; GPT-2 small by default), matching time against width "
+                                     "(matching-scale), training throughput (throughput)")
+    p.add_argument("what", choices=["rules", "matching", "matching-scale", "throughput"])
+    p.add_argument("--results", default="results", help="rules: the results folder of a finished run")
+    p.add_argument("--config", default="workflow/config/default.yaml", help="throughput: profile YAML")
+    p.add_argument("--models", nargs="+", default=["vit", "gpt2"], help="throughput: keys of the profile's models")
+    p.add_argument("--steps", type=int, default=20, help="throughput: timed optimiser steps")
+    p.add_argument("--device", default=None, help="throughput: cpu or cuda (default: cuda when present)")
+    p.add_argument("--widths", type=int, nargs="+", default=[128, 256, 384, 512, 768], help="matching-scale")
+    p.add_argument("--out", help="also write the table here (CSV)")
     p.add_argument("--n-embd", type=int, default=768)
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-head", type=int, default=12)
     p.add_argument("--vocab-size", type=int, default=50257)
-    p.add_argument("--iterations", type=int, default=15)
+    p.add_argument("--iterations", type=int, default=15, help="matching rounds (matching-scale: default 3)")
     p.add_argument("--mlp-cost", choices=["l1", "cosine"], default="l1")
     p.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -85,14 +94,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:28s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
         return 0
     if args.command == "bench":
-        import json
+        import pandas as pd
 
-        from lmcbench.bench import bench_matching
+        from lmcbench import bench
+        from lmcbench.tables import write_csv
 
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         with job_context():
-            result = bench_matching(args.n_embd, args.n_layer, args.n_head, args.vocab_size,
-                                    iterations=args.iterations, mlp_cost=args.mlp_cost, threads=args.threads)
-        print(json.dumps(result, indent=2))
+            if args.what == "rules":
+                jobs, table = bench.bench_rules(args.results)
+                print(f"{len(jobs)} jobs, {jobs['wall_s'].sum():.0f} s of job time in all")
+            elif args.what == "matching":
+                table = pd.DataFrame([bench.bench_matching(args.n_embd, args.n_layer, args.n_head, args.vocab_size,
+                                                           iterations=args.iterations, mlp_cost=args.mlp_cost)])
+            elif args.what == "matching-scale":
+                iterations = args.iterations if "--iterations" in (argv or sys.argv) else 3
+                table = bench.bench_matching_scale(args.widths, args.n_layer, iterations, args.mlp_cost,
+                                                   args.vocab_size)
+            else:
+                table = bench.bench_throughput(_load_profile(args.config), args.models, args.steps, device=args.device)
+        print(table.to_string(index=False) if args.what != "matching" else table.T.to_string(header=False))
+        if args.out:
+            write_csv(table, args.out)
         return 0
     if args.command == "train":
         from lmcbench.jobs import train_job

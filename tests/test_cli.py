@@ -5,6 +5,8 @@ The key property of an exported alignment: the aligned checkpoint of B, loaded w
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -15,6 +17,8 @@ from lmcbench.cli import main
 from lmcbench.data import load_dataset
 from lmcbench.jobs import train_job
 from lmcbench.tasks import make_task
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +64,33 @@ def test_matchers_lists_every_registered_name(capsys):
     for name in ("vanilla", "perm_weight_matching", "activation_matching", "glmc_weight_matching",
                  "learned_full", "learned_perm_only", "learned_identity_init"):
         assert name in out
+
+
+# ----------------------------------------------------------------------------- lmcbench bench
+def test_bench_rules_reads_snakemake_benchmark_files(tmp_path):
+    from lmcbench.bench import bench_rules
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, seconds in {"train/vit/seed0.tsv": 10.0, "train/vit/seed1.tsv": 14.0, "glmc_tables.tsv": 2.5}.items():
+        path = tmp_path / "benchmarks" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:10\t512.0\t1\t1\t1\t0\t0\t90\t9\n")
+    jobs, summary = bench_rules(tmp_path)
+    assert len(jobs) == 3
+    train = summary.set_index("rule").loc["train"]
+    assert train["jobs"] == 2 and train["total_s"] == 24.0 and train["max_s"] == 14.0
+    assert list(summary["rule"]) == ["train", "glmc_tables"]  # slowest rule first
+    with pytest.raises(FileNotFoundError, match="benchmark files"):
+        bench_rules(tmp_path / "nothing")
+
+
+def test_bench_throughput_and_matching_scale_run_the_real_code():
+    from lmcbench.bench import bench_matching_scale, bench_throughput
+    from lmcbench.cli import _load_profile
+
+    config = _load_profile(str(ROOT / "workflow" / "config" / "smoke.yaml"))
+    table = bench_throughput(config, ["vit", "gpt2"], steps=2, warmup=1, device="cpu")
+    assert list(table["model"]) == ["vit", "gpt2"] and (table["samples_per_s"] > 0).all()
+    assert table.loc[1, "tokens_per_s"] == pytest.approx(table.loc[1, "samples_per_s"] * 32, rel=1e-2)
+    scale = bench_matching_scale(widths=(64, 128), n_layer=1, iterations=1, vocab_size=50)
+    assert list(scale["n_embd"]) == [64, 128] and (scale["canonicalise_and_match_s"] > 0).all()

@@ -295,3 +295,14 @@ def test_full_smoke_workflow(tmp_path):
     assert "\\begin{tabular}" in tex
     for method in config["glmc"]["methods"]:
         assert method.replace("_", "\\_") in tex  # LaTeX-escaped
+
+    # the Snakemake report holds every figure (each with its caption) and the summary tables
+    result = snakemake("--cores", "1", "--configfile", "workflow/config/smoke.yaml", "--report", "results/report.html",
+                       cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = (tmp_path / "results" / "report.html").read_text()
+    for png in pngs:
+        assert png.name in report, f"{png.name} is not in the report"
+    for table in ("glmc_summary.csv", "moe_summary.csv", "ace_summary.csv"):
+        assert table in report, f"{table} is not in the report"
+    assert "smoke" in report and "profile" in report
