@@ -20,7 +20,7 @@ rule ace_nbody_data:
     log:
         f"{RESULTS}/logs/ace/nbody_data.log",
     benchmark:
-        f"{RESULTS}/benchmarks/ace/nbody_data.tsv"
+        f"{RESULTS}/benchmarks/ace_nbody_data.tsv"
     params:
         cfg=ACE,
     threads: 1
@@ -42,7 +42,7 @@ rule ace_experiment:
     log:
         f"{RESULTS}/logs/ace/{{ace_task}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/ace/{{ace_task}}.tsv"
+        f"{RESULTS}/benchmarks/ace_experiment/{{ace_task}}.tsv"
     params:
         cfg=ACE,
         nbody=ACE_NBODY,
@@ -71,7 +71,7 @@ rule ace_tables:
     log:
         f"{RESULTS}/logs/ace/tables.log",
     benchmark:
-        f"{RESULTS}/benchmarks/ace/tables.tsv"
+        f"{RESULTS}/benchmarks/ace_tables.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -104,7 +104,7 @@ rule ace_figures:
     log:
         f"{RESULTS}/logs/ace/figures.log",
     benchmark:
-        f"{RESULTS}/benchmarks/ace/figures.tsv"
+        f"{RESULTS}/benchmarks/ace_figures.tsv"
     params:
         profile=config["profile"],
     threads: 1
