@@ -112,7 +112,7 @@ def pairwise_records(config: dict) -> int:
     return pairs * len(glmc["methods"]) * len(config["barrier"]["splits"]) * 2
 
 
-@pytest.mark.parametrize("profile", ["default", "smoke"])
+@pytest.mark.parametrize("profile", ["default", "smoke", "gpu_check", "paper"])
 def test_dry_run_lists_the_whole_dag(profile):
     config = profile_config(profile)
     result = dry_run(None if profile == "default" else CONFIG_DIR / f"{profile}.yaml")

@@ -21,6 +21,7 @@ from lmcbench.matchers.assignment import match_units
 from lmcbench.matchers.weight_matching import _state, ensure_canonical, finish, glmc_weight_matching_states
 from lmcbench.symmetry import apply, layout_for, perm_matrix, spec_for
 from lmcbench.tasks import autocast
+from lmcbench.training import default_device
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,15 @@ def learn_alignment(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task,
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     sampler = sampler or uniform_pair(*cfg.get("lambda_range", (0.4, 0.6)))
-    latents = [{s.name: (torch.eye(s.dim) + 0.01 * torch.randn(s.dim, s.dim, generator=generator)).requires_grad_()
-                for s in spec} for _ in states_b]
+    device = default_device()  # the latents, both states and the batches live on the GPU when there is one
+    latents = [{s.name: (torch.eye(s.dim) + 0.01 * torch.randn(s.dim, s.dim, generator=generator))
+                .to(device).requires_grad_() for s in spec} for _ in states_b]
     template = circuit_form(canon_a) if cfg.get("circuits", True) else canon_a
     layout, circuit_layout = layout_for(canon_a), layout_for(template)
     to_space = (lambda sd: circuit_state_dict(sd, layout, circuit_layout)) if template is not canon_a else (lambda sd: sd)
-    state_a = _state(template)
+    state_a = {k: v.to(device) for k, v in _state(template).items()}
+    states_b = [{k: v.to(device) for k, v in sb.items()} for sb in states_b]
+    template.to(device)
     floats = [k for k, v in state_a.items() if v.is_floating_point()]
     params = [z for group in latents for z in group.values()]
     optimizer = torch.optim.AdamW(params, lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
@@ -83,7 +87,8 @@ def learn_alignment(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task,
         for k in floats:
             mixed[k] = weights[0] * state_a[k] + sum(w * sd[k] for w, sd in zip(weights[1:], aligned))
         x, y = task.train_batch(step, cfg.get("batch_size", 32), seed)
-        with autocast(x.device):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device):
             loss_sum, _, n = task.score(BoundModel(template, mixed), x, y)
         loss = loss_sum / n
         optimizer.zero_grad(set_to_none=True)
@@ -92,9 +97,11 @@ def learn_alignment(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task,
         history.append({"step": step, "weights": weights.round(4).tolist(), "loss": loss.item()})
         if step % 50 == 0:
             log.info("learned matching step %d: loss %.4f at weights %s", step, loss.item(), weights.round(3))
+    template.cpu()
     with torch.no_grad():
-        return [apply(spec, sb, {n: p.detach() for n, p in project(z, groups).items()})
-                for sb, z in zip(states_b, latents)], history
+        aligned = [apply(spec, sb, {n: p.detach() for n, p in project(z, groups).items()})
+                   for sb, z in zip(states_b, latents)]
+    return [{k: v.cpu() for k, v in sd.items()} for sd in aligned], history
 
 
 def _learned(model_a: nn.Module, model_b: nn.Module, context: MatchContext, residual: str, init: str) -> Alignment:

@@ -47,7 +47,7 @@ rule ace_experiment:
         cfg=ACE,
         nbody=ACE_NBODY,
         experiments=ACE_EXPERIMENTS,
-    threads: 1
+    threads: resource("threads")  # ACE trains on the CPU (small models); more threads on bigger machines
     resources:
         mem_mb=3000,
         runtime=ACE.get("runtime", 60),
