@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,9 @@ def cnn():
 
     torch.manual_seed(0)
     return SteerableCNN("C", 4, (2, 4), 5, mixed=True).eval()
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_strict_cnn_is_c4_invariant_at_every_rot90(cnn):
@@ -195,8 +199,9 @@ def test_experiment_jobs_write_tables(tmp_path):
     import pandas as pd
     from types import SimpleNamespace
 
-    o = SimpleNamespace(**{k: tmp_path / f"{k}.csv" for k in ("results", "trajectories", "curves", "summary")})
-    ace_tables(outs, o)
+    o = SimpleNamespace(**{k: tmp_path / f"{k}.csv" for k in ("results", "trajectories", "curves", "summary",
+                                                               "vs_paper")})
+    ace_tables(outs, o, ROOT / "results" / "reference" / "ace_published.csv")
     res = pd.read_csv(o.results)
     assert {"task", "regime", "method", "seed", "n_train", "split", "metric", "value", "run_id"} <= set(res.columns)
     assert set(res["method"]) == {"strict", "relaxed_conv", "ace_equality", "ace_resilient"}   # no relaxed_conv on nbody
@@ -206,6 +211,12 @@ def test_experiment_jobs_write_tables(tmp_path):
     traj = pd.read_csv(o.trajectories)
     assert {"step", "layer", "gamma", "lambda", "method", "seed", "task"} <= set(traj.columns)
     assert (traj[traj["method"] == "ace_resilient"]["lambda"] >= 0).all()
+    vs_paper = pd.read_csv(o.vs_paper).set_index("method")
+    assert {"mean", "std", "paper_method", "ours_mean", "ours_n"} <= set(vs_paper.columns)
+    ours = res.query("task == 'nbody' and method == 'strict' and metric == 'mse' and split == 'test' and headline "
+                     "and experiment == 'accuracy'")["value"]
+    assert vs_paper.loc["strict", "ours_mean"] == pytest.approx(ours.mean()) and vs_paper.loc["strict", "ours_n"] == 1
+    assert vs_paper.loc["schedule", "ours_n"] == 0   # not run here: shown as such, not dropped
 
 
 def test_adam_matches_torch():

@@ -253,13 +253,23 @@ def test_sweep_job_and_tables(tmp_path, backbone_ckpt):
     assert (ranks.groupby(["seed_a", "seed_b"])["best_barrier"].first().to_numpy() == pytest.approx(best))
     assert (out / "seed2" / "model.safetensors").exists()
     tables_dir = tmp_path / "tables"
-    outputs = {name: tables_dir / f"moe_{name}.csv" for name in ("barriers", "curves", "order_ranks", "summary")}
-    moe_tables([out / "barriers.csv"], outputs)
+    outputs = {name: tables_dir / f"moe_{name}.csv"
+               for name in ("barriers", "curves", "order_ranks", "summary", "vs_paper")}
+    reference = tmp_path / "published.csv"   # a Table-2-style row that matches this job, and one that matches nothing
+    pd.DataFrame([{"experiment": "sweep", "model": "vit", "gating": "topk", "n_experts": 3, "placement": "first",
+                   "method": "gate_wm", "metric": "rank", "mean": 2.5, "std": 1.5},
+                  {"experiment": "sweep", "model": "vit", "gating": "dense", "n_experts": 4, "placement": "first",
+                   "method": "gate_wm", "metric": "scaled_excess", "mean": 3.4, "std": 0.5}]).to_csv(reference, index=False)
+    moe_tables([out / "barriers.csv"], outputs, reference)
     written = pd.read_csv(outputs["barriers"])
     for col in ("model", "dataset", "gating", "n_experts", "placement", "method", "seed_a", "seed_b", "split",
                 "metric", "barrier", "auc", "ratio_to_naive", "run_id"):
         assert col in written
     assert len(pd.read_csv(outputs["order_ranks"])) == 9
+    vs_paper = pd.read_csv(outputs["vs_paper"])
+    ranks_test_loss = ranks.query("method == 'gate_wm' and split == 'test' and metric == 'loss'")["rank"]
+    assert vs_paper.loc[0, "ours_n"] == 3 and vs_paper.loc[0, "ours_mean"] == pytest.approx(ranks_test_loss.mean())
+    assert vs_paper.loc[0, "mean"] == 2.5 and vs_paper.loc[1, "ours_n"] == 0
 
 
 def test_load_balancing_loss_is_added_in_training_only(datasets):

@@ -5,14 +5,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from lmcbench.tables import concat_csv, write_csv
+from lmcbench.tables import concat_csv, versus_published, write_csv
 
 TASK_METRIC = {"image": "accuracy", "nbody": "mse"}
 
 
-def ace_tables(record_files, outputs) -> pd.DataFrame:
-    """ace_results.csv, ace_trajectories.csv, ace_curves.csv and ace_summary.csv (mean ± std over seeds
-    of the headline test metric and output equivariance error)."""
+def ace_tables(record_files, outputs, reference: str | Path) -> pd.DataFrame:
+    """ace_results.csv, ace_trajectories.csv, ace_curves.csv, ace_summary.csv (mean ± std over seeds
+    of the headline test metric and output equivariance error) and ace_vs_paper.csv (the published
+    numbers beside ours, accuracy experiment)."""
     record_files = [Path(p) for p in record_files]
     results = concat_csv(record_files, outputs.results)
     concat_csv([p.with_name("trajectories.csv") for p in record_files], outputs.trajectories)
@@ -22,6 +23,9 @@ def ace_tables(record_files, outputs) -> pd.DataFrame:
     keys = ["experiment", "task", "regime", "method", "n_train", "perturbation", "dual_lr", "metric"]
     summary = head.groupby(keys, dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
     write_csv(summary.fillna({"std": 0.0}), outputs.summary)
+    accuracy = head[head["experiment"] == "accuracy"]
+    write_csv(versus_published(pd.read_csv(reference), accuracy, {"mse": "value", "accuracy": "value"},
+                               ("task", "method", "metric")), outputs.vs_paper)
     return summary
 
 

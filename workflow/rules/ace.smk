@@ -68,10 +68,17 @@ rule ace_tables:
             caption="../report/ace_summary.rst",
             category="ACE",
         ),
+        vs_paper=report(
+            f"{RESULTS}/tables/ace_vs_paper.csv",
+            caption="../report/ace_vs_paper.rst",
+            category="ACE",
+        ),
     log:
         f"{RESULTS}/logs/ace/tables.log",
     benchmark:
         f"{RESULTS}/benchmarks/ace_tables.tsv"
+    params:
+        reference="results/reference/ace_published.csv",
     threads: 1
     resources:
         mem_mb=2000,

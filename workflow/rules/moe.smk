@@ -147,10 +147,17 @@ rule moe_tables:
             caption="../report/moe_summary.rst",
             category="MoE-LMC",
         ),
+        vs_paper=report(
+            f"{RESULTS}/tables/moe_vs_paper.csv",
+            caption="../report/moe_vs_paper.rst",
+            category="MoE-LMC",
+        ),
     log:
         f"{RESULTS}/logs/moe_tables.log",
     benchmark:
         f"{RESULTS}/benchmarks/moe_tables.tsv"
+    params:
+        reference="results/reference/moe_published.csv",
     threads: 1
     resources:
         mem_mb=2000,

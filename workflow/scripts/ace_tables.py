@@ -2,4 +2,4 @@ from lmcbench.ace.report import ace_tables
 from lmcbench.runner import snakemake_job
 
 with snakemake_job(snakemake):
-    ace_tables(snakemake.input, snakemake.output)
+    ace_tables(snakemake.input, snakemake.output, reference=snakemake.params.reference)

@@ -2,4 +2,4 @@ from lmcbench import tables
 from lmcbench.runner import snakemake_job
 
 with snakemake_job(snakemake):
-    tables.moe_tables(snakemake.input, snakemake.output)
+    tables.moe_tables(snakemake.input, snakemake.output, reference=snakemake.params.reference)
