@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a", help="reference checkpoint directory (λ = 1)")
     p.add_argument("b", help="checkpoint directory to align (λ = 0)")
     p.add_argument("--method", default="vanilla", help="a registered matcher (see `lmcbench matchers`)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="load a plugin that registers matchers first (repeatable; see README 'Add a method')")
     p.add_argument("--dataset", required=True, help="dataset name for the barrier, e.g. mnist5k, shakespeare, cifar10")
     p.add_argument("--data-root", help="local path for datasets that are not shipped with a package")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="extra dataset options, e.g. tokenizer=char")
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--log", help="append the log here instead of stderr")
 
-    sub.add_parser("matchers", help="list registered matchers")
+    p = sub.add_parser("matchers", help="list registered matchers")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE", help="load a plugin first")
 
     p = sub.add_parser("bench", help="measure: per-rule DAG times (rules), GLMC weight matching on a random GPT-2 "
                                      "pair (matching; GPT-2 small by default), matching time against width "
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from lmcbench.runner import job_context
 
+    if getattr(args, "plugin", None):
+        from lmcbench.plugins import load_plugins
+
+        load_plugins(args.plugin)
     if args.command == "matchers":
         from lmcbench.matchers import MATCHERS
 

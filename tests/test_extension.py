@@ -72,3 +72,11 @@ def test_plugin_method_reaches_tables_and_figures(tmp_path):
     assert METHOD in set(pd.read_csv(tables / "glmc_summary.csv")["method"])
     assert METHOD.replace("_", "\\_") in (tables / "glmc_summary.tex").read_text()
     assert (tmp_path / "results" / "figures" / "glmc_curves.png").stat().st_size > 1000
+
+
+def test_cli_lists_a_plugin_matcher(capsys, monkeypatch):
+    from lmcbench.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["matchers", "--plugin", PLUGIN]) == 0
+    assert METHOD in capsys.readouterr().out

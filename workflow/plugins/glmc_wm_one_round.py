@@ -8,5 +8,6 @@ from lmcbench.matchers import MatchContext, get_matcher, register
 
 @register("glmc_wm_one_round")
 def glmc_wm_one_round(model_a, model_b, context: MatchContext):
+    """GLMC weight matching stopped after one round (plugin example)."""
     config = {**context.config, "iterations": 1}
     return get_matcher("glmc_weight_matching")(model_a, model_b, MatchContext(context.task, config, context.seed))
