@@ -35,6 +35,11 @@ def checkpoint(model, seed):
     return f"{RESULTS}/models/{model}/seed{seed}/model.safetensors"
 
 
+def barrier_cfg(model):
+    """The top-level `barrier` block with the model's own overrides."""
+    return {**config["barrier"], **config["models"][model].get("barrier", {})}
+
+
 def dataset_cfg(model):
     return config["datasets"][config["models"][model]["dataset"]]
 

@@ -52,7 +52,7 @@ def moe_layer_cfg(wc):
 
 
 def moe_barrier_cfg(model):
-    return {**config["barrier"], **MOE.get("barrier", {}), **MOE_MODELS[model].get("barrier", {})}
+    return {**barrier_cfg(model), **MOE.get("barrier", {}), **MOE_MODELS[model].get("barrier", {})}
 
 
 rule moe_sweep:
