@@ -16,6 +16,11 @@ GLMC_OUTPUTS = (
 )
 
 
+def matcher_cfg(matchers, model, method):
+    """A matcher's options: the experiment's block, then the model's own `matchers.<method>` overrides."""
+    return {**matchers.get(method, {}), **config["models"][model].get("matchers", {}).get(method, {})}
+
+
 def seed_pairs(model):
     """All pairs of the model's seeds, as (A, B) checkpoints."""
     return [(checkpoint(model, a), checkpoint(model, b)) for a, b in combinations(model_seeds(model), 2)]
@@ -51,7 +56,7 @@ rule glmc_pairwise:
         experiment="pairwise",
         data_cfg=lambda wc: dataset_cfg(wc.model),
         barrier_cfg=lambda wc: barrier_cfg(wc.model),
-        matcher_cfg=lambda wc: GLMC.get("matchers", {}).get(wc.method, {}),
+        matcher_cfg=lambda wc: matcher_cfg(GLMC.get("matchers", {}), wc.model, wc.method),
         labels=pair_labels("pairwise"),
         export=GLMC.get("export_aligned", False),
     threads: model_resource("threads")
@@ -78,7 +83,7 @@ rule glmc_width_hetero:
         experiment="width_hetero",
         data_cfg=lambda wc: dataset_cfg(wc.model),
         barrier_cfg=lambda wc: barrier_cfg(wc.model),
-        matcher_cfg=lambda wc: HETERO.get("matchers", GLMC.get("matchers", {})).get(wc.method, {}),
+        matcher_cfg=lambda wc: matcher_cfg(HETERO.get("matchers", GLMC.get("matchers", {})), wc.model, wc.method),
         labels=pair_labels("width_hetero"),
         export=False,
     threads: model_resource("threads")
