@@ -74,19 +74,21 @@ def attach_reference(summary: pd.DataFrame, reference: pd.DataFrame) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def versus_published(reference: pd.DataFrame, ours: pd.DataFrame, column_of: dict[str, str],
+def versus_published(reference: pd.DataFrame, sources: dict[str, tuple[pd.DataFrame, str]],
                      keys: Iterable[str]) -> pd.DataFrame:
     """One row per published number, with our mean ± std over the matching records beside it.
 
-    A reference row selects our records by its non-blank `keys` cells (a blank cell matches anything) and
-    reads the column `column_of[metric]`; `ours_n` = 0 says that this profile has no comparable run."""
+    `sources[metric]` = (our records, column) for each reference `metric`; a reference row selects
+    records by its non-blank `keys` cells (a blank cell matches anything); `ours_n` = 0 says that this
+    profile has no comparable run."""
     rows = []
     for _, ref in reference.iterrows():
+        ours, column = sources[ref["metric"]]
         mask = pd.Series(True, index=ours.index)
         for key in keys:
             if key in ours and pd.notna(ref.get(key)) and ref.get(key) != "":
                 mask &= ours[key] == ref[key]
-        values = ours.loc[mask, column_of[ref["metric"]]].dropna() if len(ours) else pd.Series(dtype=float)
+        values = ours.loc[mask, column].dropna() if len(ours) else pd.Series(dtype=float)
         rows.append({**ref.to_dict(), "ours_mean": values.mean() if len(values) else float("nan"),
                      "ours_std": values.std() if len(values) > 1 else float("nan"), "ours_n": len(values)})
     return pd.DataFrame(rows)
@@ -144,10 +146,6 @@ def summarise_moe(barriers: pd.DataFrame) -> pd.DataFrame:
     return summary.fillna({"barrier_std": 0.0})
 
 
-MOE_PUBLISHED_METRICS = {"rank": "rank", "scaled_excess": "scaled_excess", "loss_barrier": "barrier",
-                         "loss_barrier_ratio_to_naive": "ratio_to_naive"}
-
-
 def moe_tables(barrier_files: Iterable[str | Path], outputs, reference: str | Path) -> pd.DataFrame:
     """Write moe_barriers.csv, moe_curves.csv, moe_order_ranks.csv (from each job's curve.csv and
     ranks.csv beside its barriers.csv), moe_summary.csv and moe_vs_paper.csv (published numbers
@@ -162,10 +160,11 @@ def moe_tables(barrier_files: Iterable[str | Path], outputs, reference: str | Pa
         _output(outputs, "order_ranks"))
     summary = summarise_moe(barriers)
     write_csv(summary, _output(outputs, "summary"))
-    ranks = read_csv(_output(outputs, "order_ranks"))
-    test_loss = pd.concat([frame[(frame["split"] == "test") & (frame["metric"] == "loss")]
-                           for frame in (barriers, ranks) if len(frame)], ignore_index=True)
-    write_csv(versus_published(pd.read_csv(reference), test_loss, MOE_PUBLISHED_METRICS,
+    test_loss = [frame[(frame["split"] == "test") & (frame["metric"] == "loss")] if len(frame) else frame
+                 for frame in (barriers, read_csv(_output(outputs, "order_ranks")))]
+    sources = {"rank": (test_loss[1], "rank"), "scaled_excess": (test_loss[1], "scaled_excess"),
+               "loss_barrier": (test_loss[0], "barrier"), "loss_barrier_ratio_to_naive": (test_loss[0], "ratio_to_naive")}
+    write_csv(versus_published(pd.read_csv(reference), sources,
                                ("experiment", "model", "gating", "n_experts", "placement", "method")),
               _output(outputs, "vs_paper"))
     return summary

@@ -259,7 +259,9 @@ def test_sweep_job_and_tables(tmp_path, backbone_ckpt):
     pd.DataFrame([{"experiment": "sweep", "model": "vit", "gating": "topk", "n_experts": 3, "placement": "first",
                    "method": "gate_wm", "metric": "rank", "mean": 2.5, "std": 1.5},
                   {"experiment": "sweep", "model": "vit", "gating": "dense", "n_experts": 4, "placement": "first",
-                   "method": "gate_wm", "metric": "scaled_excess", "mean": 3.4, "std": 0.5}]).to_csv(reference, index=False)
+                   "method": "gate_wm", "metric": "scaled_excess", "mean": 3.4, "std": 0.5},
+                  {"experiment": "sweep", "model": "vit", "method": "skip_order", "metric": "loss_barrier",
+                   "low": 0.14, "high": 0.86}]).to_csv(reference, index=False)
     moe_tables([out / "barriers.csv"], outputs, reference)
     written = pd.read_csv(outputs["barriers"])
     for col in ("model", "dataset", "gating", "n_experts", "placement", "method", "seed_a", "seed_b", "split",
@@ -270,6 +272,8 @@ def test_sweep_job_and_tables(tmp_path, backbone_ckpt):
     ranks_test_loss = ranks.query("method == 'gate_wm' and split == 'test' and metric == 'loss'")["rank"]
     assert vs_paper.loc[0, "ours_n"] == 3 and vs_paper.loc[0, "ours_mean"] == pytest.approx(ranks_test_loss.mean())
     assert vs_paper.loc[0, "mean"] == 2.5 and vs_paper.loc[1, "ours_n"] == 0
+    skip = table.query("method == 'skip_order' and split == 'test' and metric == 'loss'")["barrier"]
+    assert vs_paper.loc[2, "ours_n"] == 3 and vs_paper.loc[2, "ours_mean"] == pytest.approx(skip.mean())  # pairs once
 
 
 def test_load_balancing_loss_is_added_in_training_only(datasets):
