@@ -20,12 +20,25 @@ ONLY_VIT = {  # smoke profile, pairwise GLMC on the ViT only: the smallest DAG t
 }
 
 
+@pytest.fixture
+def registry():
+    """Loading a plugin registers into the process-wide registry: undo it so other tests see the built-ins."""
+    from lmcbench import plugins
+
+    saved_matchers, saved_loaded = dict(MATCHERS), dict(plugins._LOADED)
+    yield MATCHERS
+    MATCHERS.clear()
+    MATCHERS.update(saved_matchers)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(saved_loaded)
+
+
 def _config(tmp_path, override: dict) -> list[str]:
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
     return ["--configfile", "workflow/config/smoke.yaml", "override.yaml"]
 
 
-def test_plugin_registers_its_matcher_once(monkeypatch):
+def test_plugin_registers_its_matcher_once(monkeypatch, registry):
     monkeypatch.chdir(ROOT)
     load_plugins([PLUGIN])
     load_plugins([PLUGIN])  # a second load (every job loads the plugins) is a no-op, not a duplicate error
@@ -33,7 +46,7 @@ def test_plugin_registers_its_matcher_once(monkeypatch):
     check_methods({"plugins": [PLUGIN], "glmc": {"methods": ["vanilla", METHOD]}})
 
 
-def test_unknown_method_and_missing_plugin_are_named():
+def test_unknown_method_and_missing_plugin_are_named(registry):
     with pytest.raises(ValueError, match="no_such_matcher"):
         check_methods({"glmc": {"methods": ["vanilla", "no_such_matcher"]}})
     with pytest.raises(FileNotFoundError, match="missing_plugin.py"):
@@ -74,7 +87,7 @@ def test_plugin_method_reaches_tables_and_figures(tmp_path):
     assert (tmp_path / "results" / "figures" / "glmc_curves.png").stat().st_size > 1000
 
 
-def test_cli_lists_a_plugin_matcher(capsys, monkeypatch):
+def test_cli_lists_a_plugin_matcher(capsys, monkeypatch, registry):
     from lmcbench.cli import main
 
     monkeypatch.chdir(ROOT)
