@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-head", type=int, default=12)
     p.add_argument("--vocab-size", type=int, default=50257)
-    p.add_argument("--iterations", type=int, default=15, help="matching rounds (matching-scale: default 3)")
+    p.add_argument("--iterations", type=int, default=None, help="matching rounds (default: 15; matching-scale: 3)")
     p.add_argument("--mlp-cost", choices=["l1", "cosine"], default="l1")
     p.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -116,10 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{len(jobs)} jobs, {jobs['wall_s'].sum():.0f} s of job time in all")
             elif args.what == "matching":
                 table = pd.DataFrame([bench.bench_matching(args.n_embd, args.n_layer, args.n_head, args.vocab_size,
-                                                           iterations=args.iterations, mlp_cost=args.mlp_cost)])
+                                                           iterations=args.iterations or 15, mlp_cost=args.mlp_cost)])
             elif args.what == "matching-scale":
-                iterations = args.iterations if "--iterations" in (argv or sys.argv) else 3
-                table = bench.bench_matching_scale(args.widths, args.n_layer, iterations, args.mlp_cost,
+                table = bench.bench_matching_scale(args.widths, args.n_layer, args.iterations or 3, args.mlp_cost,
                                                    args.vocab_size)
             else:
                 table = bench.bench_throughput(_load_profile(args.config), args.models, args.steps, device=args.device)
