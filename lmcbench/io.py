@@ -13,10 +13,11 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:   # torch and safetensors are imported where used: table and claims jobs never load them
+    import torch
+
 
 PROVENANCE_PACKAGES = (
     "lmcbench", "torch", "torchvision", "timm", "transformers", "numpy", "scipy",
@@ -76,6 +77,8 @@ def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Te
     Tied tensors (GPT-2's wte/lm_head) are stored once per storage; `load_checkpoint`
     returns exactly the keys the model's `state_dict()` had, so `load_state_dict` is strict.
     """
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors, seen = {}, {}
@@ -93,6 +96,8 @@ def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Te
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
     directory = Path(directory)
     weights = directory / "model.safetensors"
     if not weights.exists():
@@ -129,6 +134,8 @@ def package_versions() -> dict[str, str]:
 
 def provenance(config: dict, seed: int | None = None) -> dict:
     """What is needed to rerun a job: its config, seed, code version and library versions."""
+    import torch
+
     return {
         "seed": seed,
         "config": config,
