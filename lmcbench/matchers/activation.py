@@ -8,6 +8,8 @@ hidden activations, each solved with the Hungarian algorithm.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -57,12 +59,17 @@ def head_contributions(z: Tensor, state: dict[str, Tensor], attention) -> Tensor
     return torch.einsum("nhd,hdo->hno", z.unflatten(1, (h_n, d)), w_o).flatten(1)
 
 
-@register("activation_matching")
+@dataclass(frozen=True)
+class ActivationMatchingOptions:
+    examples: int = 256  # training examples whose activations are correlated
+
+
+@register("activation_matching", options=ActivationMatchingOptions)
 def activation_matching(model_a: nn.Module, model_b: nn.Module, context: MatchContext) -> Alignment:
     """Correlation-based permutations of the residual stream, heads and MLP units (Hungarian)."""
     if context.task is None:
         raise ValueError("activation_matching needs data: pass a task in the MatchContext")
-    inputs, _ = context.task.eval_tensors("train", context.config.get("examples", 256))
+    inputs, _ = context.task.eval_tensors("train", context.options.examples)
     layout = layout_for(model_a)
     acts_a = record_activations(model_a, layout, context.task.logits, inputs)
     acts_b = record_activations(model_b, layout, context.task.logits, inputs)

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lmcbench.canonical import canonicalize, circuit_form, head_circuits
+from lmcbench.canonical import canonicalize, circuit_form, head_circuits, head_factors
 from lmcbench.matchers import Alignment, MatchContext, register
-from lmcbench.matchers.assignment import match_units, procrustes, unit_features
+from lmcbench.matchers.assignment import match_units, orthogonal_from_gram, unit_features
 from lmcbench.symmetry import apply, layout_for, spec_for
 from lmcbench.symmetry.spec import Space, SymmetrySpec
 
@@ -81,12 +84,17 @@ def _permutation_spec(model: nn.Module) -> SymmetrySpec:
     return SymmetrySpec(tuple(Space(s.name, "perm", s.dim, s.actions, s.block) for s in spec))
 
 
-@register("perm_weight_matching")
+@dataclass(frozen=True)
+class PermWeightMatchingOptions:
+    max_sweeps: int = 50  # sweeps over all permutations; stops earlier once a sweep changes nothing
+
+
+@register("perm_weight_matching", options=PermWeightMatchingOptions)
 def perm_weight_matching(model_a: nn.Module, model_b: nn.Module, context: MatchContext) -> Alignment:
     """Git Re-Basin weight matching over the residual stream, heads and MLP units (permutations only)."""
     spec = _permutation_spec(model_a)
     aligner = permutation_weight_matching(spec, _state(model_a), _state(model_b),
-                                          context.config.get("max_sweeps", 50), context.seed)
+                                          context.options.max_sweeps, context.seed)
     return Alignment(model_a, _state(model_a), aligner.state_b, {"spaces": sorted(aligner.element)})
 
 
@@ -96,36 +104,99 @@ def ensure_canonical(model: nn.Module) -> nn.Module:
     return model if layout_for(model).residual_group == "orth" else canonicalize(model)
 
 
-def _residual_only_params(spec: SymmetrySpec) -> set[str]:
-    """Parameters no other space touches: embeddings, positions, unembedding, norm offsets. GLMC's
-    first residual step uses only these, because inner-layer rows are comparable only once heads
-    and neurons are roughly matched [official code, first iteration of `weight_matching`]."""
+def active_tokens(task, enabled: bool = True) -> Tensor | None:
+    """Ids of the tokens that occur in a text task's train split (None: use every vocabulary row).
+
+    [official code `compute_token_freqs.py`] GLMC's residual step compares embedding and unembedding
+    rows only of tokens with train frequency > 0: rows of tokens training never saw keep their
+    random initialisation, which differs between seeds and would pull the residual map towards noise
+    (with GPT-2's 50257-token BPE, Tiny Shakespeare uses about 11 k). A no-op when every token occurs."""
+    dataset = getattr(task, "dataset", None)
+    if not enabled or dataset is None or dataset.kind != "text":
+        return None
+    return torch.unique(torch.as_tensor(dataset.train))
+
+
+def _raw_residual_params(spec: SymmetrySpec, layout) -> tuple[set[str], set[str]]:
+    """Parameters whose residual-indexed slices the residual step reads as they are stored:
+    (first round, later rounds).
+
+    First round [official code]: only those no other space touches (embeddings, positions,
+    unembedding, norm offsets, output biases), because inner-layer rows are comparable only once
+    heads and neurons are roughly matched. Later rounds: also the MLP in/out weights (c_fc,
+    mlp c_proj). Never the raw attention weights W_QKV, W_O: they carry each head's arbitrary GL(d)
+    gauge; the attention enters through its circuits instead (`_circuit_gram`)."""
+    residual = {a.param for a in spec["residual"].actions}
     inner = {a.param for s in spec if s.name != "residual" for a in s.actions}
-    return {a.param for a in spec["residual"].actions} - inner
+    attention = {ref.param for att in layout.attentions for ref in (att.qkv, att.proj)}
+    return residual - inner, residual - attention
 
 
-def _residual_step(aligner: Aligner, space: Space, group: str, params: set[str] | None) -> bool:
-    fa = unit_features(space, aligner.state_a, params, normalise_blocks=True)
-    fb = unit_features(space, aligner.state_b, params, normalise_blocks=True)
+def _circuit_gram(state_a: dict, att_a, state_b: dict, att_b, width: int) -> Tensor:
+    """(D, D) cross-Gram of the residual coordinates' attention features, F_A F_B^T, as the
+    [official code] builds them from the circuit form (heads of size D+1, x~ = [x, 1]):
+      c_attn row r = per head [QK_h[r, :] s | e_r | e_r] (the Q-map QK_h s, s = sqrt((D+1)/d), and the
+                     identity K- and V-maps), 3 H (D+1) columns;
+      c_proj column r = per head OV_h[:, r], H (D+1) columns;
+    each block divided by sqrt(its columns), as `unit_features` does for stored parameters.
+    QK_h = W~_Q W~_K^T and OV_h = W~_V W_O are invariant to the per-head GL(d) maps, so is this Gram.
+    It is computed from the factors (H d x d products), never materialising the D+1-wide heads, and
+    from B's current weights at every call: that is the official re-projection after each step.
+    A may itself be in circuit form (the universe of `universe_matching`): then s = 1 and the
+    factors' products are the same circuits."""
+    qa, ka, va, oa = (t.double() for t in head_factors(state_a, att_a))
+    qb, kb, vb, ob = (t.double() for t in head_factors(state_b, att_b))
+    h_n, e = att_a.num_heads, width + 1
+    scale = math.sqrt(e / att_a.head_dim) * math.sqrt(e / att_b.head_dim)
+    # Σ_h QK_A,h[:D] QK_B,h[:D]^T = Σ_h W_Q,A (W~_K,A^T W~_K,B) W_Q,B^T
+    qk = torch.einsum("hrd,hsd->rs", qa[:, :width] @ (ka.transpose(1, 2) @ kb), qb[:, :width]) * scale
+    identity = 2 * h_n * torch.eye(width, dtype=qk.dtype)  # the K and V identity maps of both models
+    # Σ_h OV_A,h^T OV_B,h = Σ_h W_O,A^T (W~_V,A^T W~_V,B) W_O,B
+    ov = torch.einsum("hrd,hds->rs", oa.transpose(1, 2) @ (va.transpose(1, 2) @ vb), ob)
+    return (qk + identity) / (3 * h_n * e) + ov / (h_n * e)
+
+
+def _residual_step(aligner: Aligner, layout_a, layout_b, group: str, params: set[str], circuits: bool,
+                   tokens: Tensor | None) -> bool:
+    """Residual map from the cross-Gram G = F_A F_B^T of residual-coordinate features [official code
+    `weight_matching`]: stored rows of `params` (vocabulary rows restricted to `tokens`), plus, with
+    `circuits`, every layer's attention circuits. Orthogonal: Procrustes O = U V^T; "perm":
+    the assignment maximising tr(P^T G), i.e. minimising squared Euclidean row distances
+    (GLMC's permutation-only mode). Every feature is invariant to the per-head GL(d) maps."""
+    space = aligner.spec["residual"]
+    states = [aligner.state_a, aligner.state_b]
+    if tokens is not None:  # only rows of tokens seen in training (`active_tokens`)
+        states = [{**sd, **{r.param: sd[r.param].index_select(r.axis, tokens.to(sd[r.param].device))
+                            for r in layout.vocab}} for sd, layout in zip(states, (layout_a, layout_b))]
+    fa, fb = (unit_features(space, sd, params, normalise_blocks=True) for sd in states)
+    gram = fa @ fb.T
+    if circuits:
+        for att_a, att_b in zip(layout_a.attentions, layout_b.attentions, strict=True):
+            gram = gram + _circuit_gram(aligner.state_a, att_a, aligner.state_b, att_b, layout_b.width)
     if group == "orth":
-        step = procrustes(fa, fb).to(aligner.state_b[space.actions[0].param].dtype)
-    else:  # permutation of residual coordinates (GLMC's permutation-only mode)
-        step = match_units(fa @ fb.T)
+        step = orthogonal_from_gram(gram).to(aligner.state_b[space.actions[0].param].dtype)
+    else:
+        step = match_units(gram)
     return aligner.update(space, step)
 
 
-def _heads_step(aligner: Aligner, space: Space, attention) -> bool:
-    """Head assignment on circuit distances ‖QK_A,i − QK_B,j‖_F + ‖OV_A,i − OV_B,j‖_F [official code]."""
-    qk_a, ov_a = head_circuits(aligner.state_a, attention)
-    qk_b, ov_b = head_circuits(aligner.state_b, attention)
-    cost = torch.cdist(qk_a.flatten(1), qk_b.flatten(1)) + torch.cdist(ov_a.flatten(1), ov_b.flatten(1))
+def _heads_step(aligner: Aligner, space: Space, att_a, att_b, width: int) -> bool:
+    """Head assignment on circuit distances ‖QK_A,i − QK_B,j‖_F + ‖OV_A,i − OV_B,j‖_F [official code],
+    QK taken as the circuit form stores it (QK s, s = sqrt((D+1)/d)), so that a circuit-form A and a
+    canonical B compare the same bilinear form. Circuits: invariant to the per-head GL(d) maps."""
+    (qk_a, ov_a), (qk_b, ov_b) = head_circuits(aligner.state_a, att_a), head_circuits(aligner.state_b, att_b)
+    qk_a = qk_a.double() * math.sqrt((width + 1) / att_a.head_dim)
+    qk_b = qk_b.double() * math.sqrt((width + 1) / att_b.head_dim)
+    cost = torch.cdist(qk_a.flatten(1), qk_b.flatten(1)) + torch.cdist(ov_a.double().flatten(1),
+                                                                       ov_b.double().flatten(1))
     return aligner.update(space, match_units(cost, maximize=False))
 
 
 def _mlp_step(aligner: Aligner, space: Space, cost: str = "l1") -> bool:
     """Neuron assignment on distances of L2-normalised [w_in, b_in, w_out] vectors: L1 as in the
     [official code], or "cosine" (the same ranking as L2 on the sphere), which is a matrix product and
-    so ~15× faster at GPT-2-small width, where the L1 distance matrix dominates the run time."""
+    so ~15× faster at GPT-2-small width, where the L1 distance matrix dominates the run time.
+    These weights carry no head gauge; the residual map acts on both sides of the distance alike."""
     fa = torch.nn.functional.normalize(unit_features(space, aligner.state_a), dim=1)
     fb = torch.nn.functional.normalize(unit_features(space, aligner.state_b), dim=1)
     if cost == "l1":
@@ -136,20 +207,26 @@ def _mlp_step(aligner: Aligner, space: Space, cost: str = "l1") -> bool:
 
 
 def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iterations: int = 15,
-                                residual: str = "orth", mlp_cost: str = "l1") -> tuple[nn.Module, Aligner]:
-    """GLMC's data-free matcher on the canonical forms of A and B: alternate residual alignment
-    (orthogonal Procrustes, or a permutation with residual="perm"), head assignment on circuit
-    distances and MLP assignment, for `iterations` rounds or until a round changes nothing.
+                                residual: str = "orth", mlp_cost: str = "l1",
+                                tokens: Tensor | None = None) -> tuple[nn.Module, Aligner]:
+    """GLMC's data-free matcher [official code `weight_matching`] on the canonical forms of A and B:
+    alternate residual alignment (orthogonal Procrustes, or a permutation with residual="perm"),
+    head assignment on circuit distances and MLP assignment, for `iterations` rounds or until a
+    round changes nothing. Every step reads only quantities invariant to the per-head GL(d) maps
+    (see each step), so the result does not depend on B's gauge: the group searched is
+    O(D) x heads x MLP permutations, quotiented by per-head GL(d) on QK and OV.
+    `tokens`: vocabulary rows the residual step compares (`active_tokens`); None = all.
+    A may be in circuit form (a universe of averaged circuits); B is canonicalised.
     Returns (canonical A, aligner holding the aligned canonical B and the element found)."""
     canon_a, canon_b = ensure_canonical(model_a), ensure_canonical(model_b)
-    spec = spec_for(canon_a)
-    layout = layout_for(canon_a)
+    layout_a, layout_b = layout_for(canon_a), layout_for(canon_b)
+    spec = spec_for(canon_b)
     aligner = Aligner(spec, _state(canon_a), _state(canon_b))
-    first_params = _residual_only_params(spec)
+    first, later = _raw_residual_params(spec, layout_b)
     for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
-        changed = _residual_step(aligner, spec["residual"], residual, first_params if it == 0 else None)
-        for i, attention in enumerate(layout.attentions):
-            changed |= _heads_step(aligner, spec[f"blocks.{i}.heads"], attention)
+        changed = _residual_step(aligner, layout_a, layout_b, residual, later if it else first, it > 0, tokens)
+        for i, (att_a, att_b) in enumerate(zip(layout_a.attentions, layout_b.attentions, strict=True)):
+            changed |= _heads_step(aligner, spec[f"blocks.{i}.heads"], att_a, att_b, layout_b.width)
             changed |= _mlp_step(aligner, spec[f"blocks.{i}.mlp"], mlp_cost)
         if not changed and it > 0:
             log.info("GLMC weight matching converged after %d rounds", it + 1)
@@ -174,10 +251,21 @@ def finish(canon_a: nn.Module, state_b: dict[str, Tensor], circuits: bool, info:
     return Alignment(circuit_a, _state(circuit_a), _state(circuit_b), info, form="circuit")
 
 
-@register("glmc_weight_matching")
+@dataclass(frozen=True)
+class GLMCWeightMatchingOptions:
+    iterations: int = 15                    # rounds of the alternating optimisation [official code]
+    residual: Literal["orth", "perm"] = "orth"
+    mlp_cost: Literal["l1", "cosine"] = "l1"
+    circuits: bool = True                   # interpolate in the attention circuit form
+    # compare embedding/unembedding rows only of tokens seen in the task's train split [official code];
+    # a no-op when every token occurs (the char and local BPE vocabularies), see `active_tokens`
+    token_freqs: bool = True
+
+
+@register("glmc_weight_matching", options=GLMCWeightMatchingOptions)
 def glmc_weight_matching(model_a: nn.Module, model_b: nn.Module, context: MatchContext) -> Alignment:
     """GLMC data-free weight matching: orthogonal residual, head and MLP permutations, circuits."""
-    cfg = context.config
-    canon_a, aligner = glmc_weight_matching_states(model_a, model_b, cfg.get("iterations", 15),
-                                                   cfg.get("residual", "orth"), cfg.get("mlp_cost", "l1"))
-    return finish(canon_a, aligner.state_b, cfg.get("circuits", True), {"spaces": sorted(aligner.element)})
+    opts = context.options
+    canon_a, aligner = glmc_weight_matching_states(model_a, model_b, opts.iterations, opts.residual, opts.mlp_cost,
+                                                   active_tokens(context.task, opts.token_freqs))
+    return finish(canon_a, aligner.state_b, opts.circuits, {"spaces": sorted(aligner.element)})
