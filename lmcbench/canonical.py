@@ -146,15 +146,22 @@ def _rows(t: Tensor, axis: int) -> Tensor:
     return t.movedim(axis, -1)
 
 
-def head_circuits(sd: dict[str, Tensor], att: AttentionSite) -> tuple[Tensor, Tensor]:
-    """Per-head circuits with the bias as an extra input coordinate x~ = [x, 1], row-vector convention:
-    QK_h = W~_Q,h W~_K,h^T (H, D+1, D+1) and OV_h = W~_V,h W_O,h (H, D+1, D). Differentiable."""
+def head_factors(sd: dict[str, Tensor], att: AttentionSite) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-head factors with the bias as an extra input coordinate x~ = [x, 1], row-vector convention:
+    W~_Q, W~_K, W~_V (each (H, D+1, d)) and W_O (H, d, D). Their products are the circuits."""
     h_n, d = att.num_heads, att.head_dim
     w = _rows(sd[att.qkv.param], att.qkv.axis)                            # (D, 3 H d)
     b = sd[att.qkv_bias] if att.qkv_bias else w.new_zeros(w.shape[1])
-    q, k, v = torch.cat([w, b[None]], 0).unflatten(1, (3, h_n, d)).unbind(1)  # each (D+1, H, d)
+    q, k, v = torch.cat([w, b[None]], 0).unflatten(1, (3, h_n, d)).permute(1, 2, 0, 3)  # each (H, D+1, d)
     w_o = sd[att.proj.param].movedim(att.proj.axis, 0).unflatten(0, (h_n, d))  # (H, d, D)
-    return torch.einsum("ihd,jhd->hij", q, k), torch.einsum("ihd,hdo->hio", v, w_o)
+    return q, k, v, w_o
+
+
+def head_circuits(sd: dict[str, Tensor], att: AttentionSite) -> tuple[Tensor, Tensor]:
+    """Per-head circuits with the bias as an extra input coordinate x~ = [x, 1], row-vector convention:
+    QK_h = W~_Q,h W~_K,h^T (H, D+1, D+1) and OV_h = W~_V,h W_O,h (H, D+1, D). Differentiable."""
+    q, k, v, w_o = head_factors(sd, att)
+    return q @ k.transpose(1, 2), v @ w_o
 
 
 def _circuit_params(sd: dict[str, Tensor], att: AttentionSite, new: AttentionSite, width: int) -> None:

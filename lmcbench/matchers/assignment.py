@@ -46,5 +46,11 @@ def match_units(score: Tensor, maximize: bool = True) -> Tensor:
 def procrustes(features_a: Tensor, features_b: Tensor) -> Tensor:
     """Orthogonal O minimising ||F_A − Oᵀ F_B||_F for units-first features (rows are coordinates):
     O = U Vᵀ from the SVD of F_B F_Aᵀ [official code `ortho_residual`]."""
-    u, _, vh = torch.linalg.svd(features_b @ features_a.T)
+    return orthogonal_from_gram(features_a @ features_b.T)
+
+
+def orthogonal_from_gram(gram: Tensor) -> Tensor:
+    """`procrustes` given only the cross-Gram F_A F_Bᵀ, which is all it depends on (so features
+    may be summed as Grams without being materialised): O = U Vᵀ with U S Vᵀ the SVD of Gramᵀ."""
+    u, _, vh = torch.linalg.svd(gram.T)
     return u @ vh

@@ -148,6 +148,7 @@ class Layout:
     norms: tuple[NormSite, ...]
     attentions: tuple[AttentionSite, ...]  # one per block, same order as `mlps`
     mlps: tuple[MlpSite, ...]
+    vocab: tuple[Ref, ...] = ()  # residual parameters with one row per token (axis = the token axis)
 
     @property
     def residual_group(self) -> Group:

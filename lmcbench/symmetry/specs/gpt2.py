@@ -37,7 +37,8 @@ def gpt2_layout(model: GPT2LMHeadModel) -> Layout:
     block_writers, norms, attentions, mlps = prenorm_blocks(model, "transformer.h", BLOCK, IN_AXIS, OUT_AXIS)
     norms.append(norm_site(model, "transformer.ln_f", [Ref("lm_head.weight", 1)]))  # nn.Linear (V, D)
     width = model.config.n_embd
-    return Layout(width, tuple(writers + block_writers), tuple(norms), tuple(attentions), tuple(mlps))
+    vocab = (Ref("transformer.wte.weight", 0), Ref("lm_head.weight", 0))
+    return Layout(width, tuple(writers + block_writers), tuple(norms), tuple(attentions), tuple(mlps), vocab)
 
 
 def gpt2_spec(model: GPT2LMHeadModel) -> SymmetrySpec:
