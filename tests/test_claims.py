@@ -1,0 +1,187 @@
+"""Claims ledger (verdicts on synthetic tables), README rendering, and the golden smoke numbers."""
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from lmcbench import claims as C
+
+PAIRS = [(0, 1), (0, 2), (1, 2)]
+
+
+def barrier_table(values: dict[str, list[float]], model: str = "vit", experiment: str = "pairwise") -> pd.DataFrame:
+    """glmc_barriers.csv-shaped rows: method -> test-loss barrier of each seed pair (PAIRS order)."""
+    rows = []
+    for method, per_pair in values.items():
+        for (a, b), value in zip(PAIRS, per_pair):
+            for split, metric in itertools.product(("train", "test"), ("loss", "accuracy")):
+                own = value if (split, metric) == ("test", "loss") else value + 10   # other rows must not leak in
+                rows.append({"experiment": experiment, "model": model, "dataset": "mnist5k", "method": method,
+                             "seed_a": a, "seed_b": b, "split": split, "metric": metric, "barrier": own,
+                             "barrier_midpoint": own, "run_id": "r"})
+    return pd.DataFrame(rows)
+
+
+def claim(**over) -> dict:
+    base = {"id": "glmc.C99", "paper": "GLMC", "where": "Table 1", "statement": "a beats b",
+            "table": "glmc_barriers.csv", "filter": {"experiment": "pairwise", "split": "test", "metric": "loss"},
+            "per": ["model"], "value": "barrier", "a": {"method": "wm"}, "b": {"method": "vanilla"},
+            "pair_on": ["seed_a", "seed_b"], "stat": "difference", "op": "<", "threshold": 0}
+    return {**base, **over}
+
+
+def ledger(claim_: dict, table: pd.DataFrame) -> pd.DataFrame:
+    return C.evaluate([claim_], {claim_["table"]: table}, profile="test")
+
+
+# ----------------------------------------------------------------------------- statistic and verdict
+def test_t_interval_is_scipys_student_t_interval():
+    values = np.array([0.3, -0.1, 0.5, 0.2])
+    mean, low, high = C.t_interval(values)
+    want = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    assert mean == pytest.approx(values.mean()) and (low, high) == pytest.approx(want)
+    assert C.t_interval([1.0])[0] == 1.0 and np.isnan(C.t_interval([1.0])[1])
+    assert C.t_interval([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize(("low", "high", "op", "want"), [
+    (-0.5, -0.1, "<", "holds"), (0.1, 0.5, "<", "does not hold"), (-0.1, 0.2, "<", "inconclusive"),
+    (0.0, 0.3, "<", "does not hold"), (-0.3, 0.0, "<=", "holds"), (-0.3, 0.0, "<", "inconclusive"),
+    (0.1, 0.5, ">", "holds"), (-0.5, -0.1, ">", "does not hold"), (-0.1, 0.2, ">=", "inconclusive"),
+    (0.0, 0.2, ">=", "holds"), (-0.2, 0.0, ">", "does not hold"),
+])
+def test_verdict_against_the_interval(low, high, op, want):
+    assert C.verdict(low, high, 3, op, 0.0) == want
+
+
+def test_verdict_without_units_or_interval():
+    assert C.verdict(np.nan, np.nan, 0, "<", 0) == "not run"
+    assert C.verdict(np.nan, np.nan, 1, "<", 0) == "inconclusive"
+
+
+# ----------------------------------------------------------------------------- claims on synthetic tables
+def test_difference_claim_holds_fails_and_is_inconclusive():
+    vanilla = [1.0, 1.2, 0.9]
+    cases = {"holds": [0.2, 0.3, 0.25], "does not hold": [1.5, 1.6, 1.4], "inconclusive": [0.5, 1.7, 0.6]}
+    for want, wm in cases.items():
+        row = ledger(claim(), barrier_table({"wm": wm, "vanilla": vanilla})).iloc[0]
+        diffs = np.subtract(wm, vanilla)
+        assert row["verdict"] == want
+        assert row["n"] == 3 and row["ours_mean"] == pytest.approx(diffs.mean())
+        assert (row["ours_ci_low"], row["ours_ci_high"]) == pytest.approx(C.t_interval(diffs)[1:])
+        assert row["scope"] == "model=vit" and row["units"] == "0/1 0/2 1/2"
+        assert row["metric"] == "barrier(wm) - barrier(vanilla)" and row["comparison"] == "< 0"
+    # the inconclusive case: the mean is on the claimed side but the interval spans the threshold
+    row = ledger(claim(), barrier_table({"wm": cases["inconclusive"], "vanilla": vanilla})).iloc[0]
+    assert row["ours_mean"] < 0 < row["ours_ci_high"] and row["ours_ci_low"] < 0
+
+
+def test_pairing_is_by_unit_not_by_position():
+    """Shuffled rows and a unit that only one arm has: the statistic pairs equal seed pairs."""
+    table = barrier_table({"wm": [0.1, 0.2, 0.3], "vanilla": [1.0, 2.0, 3.0]})
+    table = table.sample(frac=1.0, random_state=0)
+    table = table[~((table["method"] == "vanilla") & (table["seed_b"] == 2) & (table["seed_a"] == 1))]
+    row = ledger(claim(), table).iloc[0]
+    assert row["n"] == 2 and row["ours_mean"] == pytest.approx(np.mean([0.1 - 1.0, 0.2 - 2.0]))
+
+
+def test_ratio_and_single_arm_threshold_claims():
+    table = barrier_table({"wm": [0.2, 0.3, 0.1], "vanilla": [1.0, 1.0, 0.5]})
+    row = ledger(claim(stat="ratio", op="<=", threshold=0.5), table).iloc[0]
+    assert row["ours_mean"] == pytest.approx(np.mean([0.2, 0.3, 0.2])) and row["verdict"] == "holds"
+    one = claim(stat="value", op=">", threshold=0.1, a={"method": "vanilla"})
+    del one["b"]
+    row = ledger(one, table).iloc[0]
+    assert row["verdict"] == "holds" and row["metric"] == "barrier(vanilla)" and row["n"] == 3
+
+
+def test_not_run_when_the_profile_lacks_the_experiment_or_an_arm():
+    table = barrier_table({"vanilla": [1.0, 1.2, 0.9]})
+    row = ledger(claim(), table).iloc[0]
+    assert row["verdict"] == "not run" and row["n"] == 0 and "arm" in row["note"]
+    row = ledger(claim(), pd.DataFrame()).iloc[0]
+    assert row["verdict"] == "not run" and "empty" in row["note"]
+    row = ledger(claim(filter={"experiment": "width_hetero"}), barrier_table({"wm": [0, 0, 0], "vanilla": [1, 1, 1]}))
+    assert list(row["verdict"]) == ["not run"]
+
+
+def test_one_row_per_scope_and_one_unit_is_inconclusive():
+    table = pd.concat([barrier_table({"wm": [0.1, 0.2, 0.1], "vanilla": [1.0, 1.1, 1.2]}, model="vit"),
+                       barrier_table({"wm": [0.9, 1.2, 1.1], "vanilla": [0.5, 0.6, 0.4]}, model="gpt2")])
+    out = ledger(claim(), table).set_index("scope")
+    assert out.loc["model=vit", "verdict"] == "holds" and out.loc["model=gpt2", "verdict"] == "does not hold"
+    single = table[(table["seed_a"] == 0) & (table["seed_b"] == 1)]
+    out = ledger(claim(), single)
+    assert set(out["verdict"]) == {"inconclusive"} and set(out["n"]) == {1}
+    assert out["note"].str.contains("no interval").all()
+
+
+def test_pick_and_reduce_read_the_final_max_abs_gamma():
+    rows = [{"experiment": "accuracy", "task": "nbody", "method": "ace_equality", "seed": s, "step": step,
+             "layer": layer, "gamma": g}
+            for s in (0, 1, 2) for step, scale in ((0, 1.0), (10, 0.001 * (s + 1)))
+            for layer, g in (("l0", -scale), ("l1", scale / 2))]
+    gamma = {"id": "ace.C98", "paper": "ACE", "where": "x", "statement": "γ ends near 0",
+             "table": "ace_trajectories.csv", "filter": {"method": "ace_equality"}, "per": ["task"],
+             "value": "gamma", "a": {}, "pair_on": ["seed"], "pick": {"column": "step", "which": "last"},
+             "reduce": "max_abs", "stat": "value", "op": "<=", "threshold": 0.01}
+    row = ledger(gamma, pd.DataFrame(rows)).iloc[0]
+    assert row["ours_mean"] == pytest.approx(np.mean([0.001, 0.002, 0.003])) and row["verdict"] == "holds"
+
+
+def test_spec_errors_name_the_claim_and_the_column(tmp_path):
+    table = barrier_table({"wm": [0.1, 0.2, 0.1], "vanilla": [1.0, 1.1, 1.2]})
+    with pytest.raises(KeyError, match="glmc.C99.*methd"):
+        ledger(claim(a={"methd": "wm"}), table)
+    with pytest.raises(ValueError, match="glmc.C99.*unit"):   # two rows per unit: the split filter is missing
+        ledger(claim(filter={"experiment": "pairwise", "metric": "loss"}), table)
+    bad = tmp_path / "claims.yaml"
+    bad.write_text(yaml.safe_dump({"claims": [claim(op="≪")]}))
+    with pytest.raises(ValueError, match="glmc.C99"):
+        C.load_claims(bad)
+    one_arm = claim(stat="value")
+    bad.write_text(yaml.safe_dump({"claims": [one_arm]}))
+    with pytest.raises(ValueError, match="glmc.C99.*one arm"):
+        C.load_claims(bad)
+
+
+# ----------------------------------------------------------------------------- the shipped registry
+RULE_TABLES = {"glmc_barriers.csv", "moe_barriers.csv", "moe_order_ranks.csv", "ace_results.csv",
+               "ace_trajectories.csv", "ace_curves.csv"}
+
+
+def test_shipped_registry_is_valid_and_covers_every_track():
+    claims = C.load_claims()
+    assert {c["table"] for c in claims} <= RULE_TABLES
+    for track in ("glmc", "moe", "ace"):
+        assert len({c["id"] for c in claims if c["id"].startswith(track + ".")}) >= 4, track
+    for c in claims:   # a published value is documented by its source
+        assert ("paper_value" in c) == ("paper_source" in c), c["id"]
+
+
+def test_claims_job_writes_every_column_and_the_tex(tmp_path):
+    table = barrier_table({"vanilla": [1.0, 1.2, 0.9], "glmc_weight_matching": [0.2, 0.3, 0.25],
+                           "perm_weight_matching": [1.1, 1.3, 1.0]})
+    paths = []
+    for name in sorted(RULE_TABLES):
+        paths.append(tmp_path / name)
+        (table if name == "glmc_barriers.csv" else pd.DataFrame()).to_csv(paths[-1], index=False)
+    out = {"csv": tmp_path / "claims.csv", "tex": tmp_path / "claims.tex"}
+    C.claims_job(paths, out, profile="synthetic")
+    written = pd.read_csv(out["csv"])
+    required = ["claim", "paper", "statement", "profile", "metric", "ours_mean", "ours_ci_low", "ours_ci_high", "n",
+                "paper_value", "verdict", "table", "rows"]
+    assert set(required) <= set(written.columns)
+    assert set(written["verdict"]) <= set(C.VERDICTS) and set(written["profile"]) == {"synthetic"}
+    assert written["claim"].nunique() == len(C.load_claims())
+    by_id = written.set_index("claim")
+    assert by_id.loc["glmc.C2c", "verdict"] == "holds" and by_id.loc["glmc.C1", "verdict"] == "holds"
+    assert by_id.loc["moe.C6a", "verdict"] == "not run"
+    tex = out["tex"].read_text()
+    assert "glmc.C2c" in tex and "holds" in tex and "\\begin{longtable}" in tex
