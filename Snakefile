@@ -2,9 +2,14 @@
 
 Profiles: workflow/config/{default,smoke,paper}.yaml (pass another with --configfile; it is merged
 over the default). The config is validated against workflow/schemas/config.schema.yaml before any
-job starts. Rules are thin: each calls an `lmcbench` function through a shim in workflow/scripts.
+job starts, dry runs included (lmcbench.config). Rules are thin: each calls an `lmcbench` function
+through a shim in workflow/scripts.
 """
-from snakemake.utils import min_version, validate
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+from lmcbench.config import check_config
 
 min_version("9.0")
 
@@ -12,14 +17,9 @@ min_version("9.0")
 configfile: "workflow/config/default.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
-onstart:
-    # before the first job (not on a dry run): load plugins, then every GLMC method must name a matcher
-    from lmcbench.plugins import check_methods
-
-    check_methods(config)
+# at parse time, so a dry run fails too: schema (one line naming the key), plugins loaded and every
+# matcher and matcher option checked against the registry, cross-key rules (lmcbench.config)
+check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
@@ -27,6 +27,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/glmc.smk"
 include: "workflow/rules/moe.smk"
 include: "workflow/rules/ace.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:
@@ -39,3 +40,4 @@ rule all:
         rules.moe_figures.output,
         rules.ace_tables.output,
         rules.ace_figures.output,
+        rules.claims.output,

@@ -19,14 +19,6 @@ def _require_model(name, where):
         raise ValueError(f"config error: {where} = {name!r} is not a key of `models` (known: {sorted(config['models'])})")
 
 
-for _name, _model in config["models"].items():
-    if _model["dataset"] not in config["datasets"]:
-        raise ValueError(
-            f"config error: models.{_name}.dataset = {_model['dataset']!r} is not a key of `datasets` "
-            f"(known: {sorted(config['datasets'])})"
-        )
-
-
 def model_seeds(model):
     return sorted(config["models"][model].get("seeds", SEEDS))
 
