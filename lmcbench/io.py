@@ -1,7 +1,10 @@
 """Atomic files, checkpoints and run provenance.
 
-Every file lmcbench writes goes through :func:`atomic_write`, so a killed job never leaves a
-half-written output that Snakemake (or a human) could mistake for a finished one.
+Every file lmcbench writes goes through :func:`atomic_write` or :func:`atomic_path`, so a killed job
+never leaves a half-written output that Snakemake (or a human) could mistake for a finished one. The
+file gets the mode an ordinary `open()` would give it (0666 less the umask: 0644 under umask 022;
+`mkstemp` alone would leave 0600), and it is fsynced, then renamed, then its directory fsynced, so a
+machine crash leaves either the old file or the complete new one.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from lmcbench.numerics import state as numerics_state
+
 if TYPE_CHECKING:   # torch and safetensors are imported where used: table and claims jobs never load them
     import torch
 
@@ -23,6 +28,29 @@ PROVENANCE_PACKAGES = (
     "lmcbench", "torch", "torchvision", "timm", "transformers", "numpy", "scipy",
     "pandas", "escnn", "snakemake", "safetensors",
 )
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give `tmp` the mode open() would have, make it durable, rename it to `path`, make the rename durable."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent, directory=True)
 
 
 @contextlib.contextmanager
@@ -34,7 +62,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator:
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -50,7 +78,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -67,7 +95,11 @@ def read_json(path: str | os.PathLike):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); it is probably truncated or corrupt: "
+                         "delete it and rerun the job that wrote it") from None
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -96,6 +128,7 @@ def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Te
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -106,7 +139,11 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
             "(written by `lmcbench train` or `lmcbench.io.save_checkpoint`)"
         )
     config = read_json(directory / "config.json")
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights} is not a readable safetensors file ({error}); it is probably truncated "
+                         "or corrupt: delete the checkpoint directory and rerun the job that wrote it") from None
     for alias, source in config.get("tied", {}).items():
         state[alias] = state[source]
     return state, config
@@ -144,6 +181,7 @@ def provenance(config: dict, seed: int | None = None) -> dict:
         "platform": platform.platform(),
         "versions": package_versions(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "numerics": numerics_state(),   # mode, threads, kernel dispatch level, CPU model and ISA flags
     }
 
 
