@@ -159,6 +159,17 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
         return "unknown"
 
 
+def code_version() -> str:
+    """A hash of the lmcbench package's source files: changes with any edit, committed or not."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha1()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def package_versions() -> dict[str, str]:
     versions = {}
     for name in PROVENANCE_PACKAGES:

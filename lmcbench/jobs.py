@@ -40,7 +40,8 @@ def train_job(out_dir: str | Path, model_name: str, model_cfg: dict, data_cfg: d
     task = make_task(data, model_cfg)
     log.info("training %s seed %d on %s: %d parameters", model_name, seed, data.name,
              sum(p.numel() for p in model.parameters()))
-    result = train(model, task, TrainConfig.from_dict(model_cfg["train"]), seed, workdir=out_dir, progress=progress)
+    result = train(model, task, TrainConfig.from_dict(model_cfg["train"]), seed, workdir=out_dir, progress=progress,
+                   job=job)
     history = pd.DataFrame(result.history).assign(model=model_name, dataset=data.name, seed=seed, run_id=rid)
     write_csv(history, out_dir / "history.csv")
     write_json(out_dir / "provenance.json", {**provenance(job, seed), "run_id": rid,

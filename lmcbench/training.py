@@ -3,13 +3,16 @@
 A run periodically writes `resume.pt` (model, optimiser, scheduler, RNG and early-stopping state)
 atomically into its output directory; a killed run restarted with the same arguments continues
 from there and, on CPU, ends with exactly the weights an uninterrupted run would have produced.
+The file records the run that wrote it (`run_identity`: training config, seed, the caller's job
+description, code version); a run with any other identity never resumes from it, but starts fresh
+and logs which keys differ.
 """
 from __future__ import annotations
 
 import logging
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lmcbench.io import atomic_path
+from lmcbench.io import atomic_path, code_version
 from lmcbench.tasks import Task, autocast, evaluate
 
 log = logging.getLogger(__name__)
@@ -78,9 +81,38 @@ def _weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def run_identity(cfg: TrainConfig, seed: int, job: dict | None = None) -> dict:
+    """What a resume file must have been written by to be resumed: config, seed, job, code version."""
+    return {"train": asdict(cfg), "seed": seed, "job": job or {}, "code": code_version()}
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(old.keys() | new.keys(), key=str)
+                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _load_resume(resume_file: Path, identity: dict):
+    """The saved state if `resume_file` was written by this very run; otherwise None (and it is removed)."""
+    try:
+        saved = torch.load(resume_file, weights_only=False)
+        differ = _differences(saved.get("run"), identity)
+        reason = "it was written by a different run (" + "; ".join(differ[:5]) + (" …" if len(differ) > 5 else "") + ")"
+    except Exception as error:  # noqa: BLE001 - whatever makes it unreadable, there is nothing to resume
+        differ, reason = [error], f"it is unreadable ({error})"
+    if not differ:
+        return saved
+    log.warning("not resuming from %s: %s; starting fresh", resume_file, reason)
+    resume_file.unlink()
+    return None
+
+
 def train(model: nn.Module, task: Task, cfg: TrainConfig, seed: int, workdir: str | Path | None = None,
-          device: torch.device | None = None, progress: bool = True) -> TrainResult:
-    """Train `model` in place on `task`; returns the best-validation weights and the history."""
+          device: torch.device | None = None, progress: bool = True, job: dict | None = None) -> TrainResult:
+    """Train `model` in place on `task`; returns the best-validation weights and the history.
+    `job` describes the run beyond `cfg` and `seed` (model, data): a resume file resumes only when
+    config, seed, job and code version all match (`run_identity`)."""
     device = device or default_device()
     seed_everything(seed)
     model.to(device)
@@ -91,8 +123,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, seed: int, workdir: st
     state = {"step": 0, "history": [], "best_val": math.inf, "best_step": 0, "best_state": None, "bad_evals": 0}
 
     resume_file = Path(workdir) / "resume.pt" if workdir else None
-    if resume_file and resume_file.exists():
-        saved = torch.load(resume_file, weights_only=False)
+    identity = run_identity(cfg, seed, job)
+    saved = _load_resume(resume_file, identity) if resume_file and resume_file.exists() else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -139,7 +172,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, seed: int, workdir: st
                 with atomic_path(resume_file) as tmp:
                     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(),
-                                "torch_rng": torch.get_rng_state(), "state": state}, tmp)
+                                "torch_rng": torch.get_rng_state(), "state": state, "run": identity}, tmp)
     bar.close()
     best = state["best_state"] or {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best)
