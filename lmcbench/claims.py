@@ -130,11 +130,11 @@ def _arm_label(arm: dict) -> str:
 
 
 def metric_text(claim: dict) -> str:
-    """E.g. `barrier(glmc_weight_matching) - barrier(perm_weight_matching)`, `max|gamma|, at last step`;
+    """E.g. `barrier(glmc_weight_matching) - barrier(perm_weight_matching)`, `max abs gamma, at last step`;
     the generic ACE column `value` is named by the claim's `metric` filter."""
     metric = claim.get("filter", {}).get("metric")
     name = metric if claim["value"] == "value" and isinstance(metric, str) else claim["value"]
-    name = {"max_abs": f"max|{name}|", None: name}.get(claim.get("reduce"), f"{claim.get('reduce')} {name}")
+    name = {"max_abs": f"max abs {name}", None: name}.get(claim.get("reduce"), f"{claim.get('reduce')} {name}")
     a = f"{name}({_arm_label(claim['a'])})" if claim["a"] else name
     text = a if claim["stat"] == "value" else \
         f"{a} {'-' if claim['stat'] == 'difference' else '/'} {name}({_arm_label(claim['b'])})"

@@ -102,6 +102,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         jobs["ace_tables"] = jobs["ace_figures"] = 1
         if "nbody" in config["ace"]["tasks"]:
             jobs["ace_nbody_data"] = 1
+    jobs["claims"] = 1   # the claims ledger, after the track tables
     return jobs
 
 

@@ -1,0 +1,201 @@
+"""README numbers from results, not from typing: render a run's summary tables and claims ledger as markdown.
+
+A run folder is either a finished `results/` directory or a committed snapshot of one
+(`results/reference/<profile>_run/`: `tables/` with the files in SNAPSHOT_TABLES, and `run.json`, the
+provenance summary). The README holds the rendering of each snapshot between the markers
+
+    <!-- BEGIN GENERATED: <name> -->  …  <!-- END GENERATED -->
+
+and tests/test_claims.py fails when a block differs from rendering `results/reference/<name>_run/`.
+Workflow:  lmcbench readme --results results --snapshot results/reference/default_run
+           lmcbench readme --results results/reference/default_run --splice README.md --name default
+pandas only (no torch).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from lmcbench.claims import interval_text
+from lmcbench.tables import read_csv, write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOT_TABLES = ("glmc_summary.csv", "moe_summary.csv", "ace_summary.csv", "claims.csv")
+BEGIN = "<!-- BEGIN GENERATED: {name} -->"
+END = "<!-- END GENERATED -->"
+BLOCK = re.compile(r"<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- END GENERATED -->", re.S)
+
+
+def snapshot_dir(name: str, root: str | Path = ROOT) -> Path:
+    return Path(root) / "results" / "reference" / f"{name}_run"
+
+
+def placeholder(name: str) -> str:
+    """The block's text while no snapshot of that profile is committed."""
+    return (f"*Not generated yet: no committed run in `results/reference/{name}_run/`. Make one with "
+            f"`lmcbench readme --results results --snapshot results/reference/{name}_run`, then "
+            f"`lmcbench readme --results results/reference/{name}_run --splice README.md --name {name}`.*\n")
+
+
+# --------------------------------------------------------------------------------------------- provenance
+def run_info(results: str | Path) -> dict:
+    """Commit, profile, date and machine of a run: `run.json` of a snapshot, else a summary of the run's
+    provenance.json files (the date is the newest one's modification time, UTC) and claims.csv's profile."""
+    results = Path(results)
+    if (results / "run.json").exists():
+        return json.loads((results / "run.json").read_text())
+    files = sorted(results.rglob("provenance.json"))
+    if not files:
+        raise FileNotFoundError(f"{results}: no run.json and no provenance.json files; is this a finished run?")
+    provs = [json.loads(p.read_text()) for p in files]
+    claims = read_csv(results / "tables" / "claims.csv") if (results / "tables" / "claims.csv").exists() else None
+    profiles = sorted(set(claims["profile"])) if claims is not None and len(claims) else ["unknown"]
+
+    def values(key):
+        return sorted({str(p.get(key, "unknown")) for p in provs})
+
+    newest = max(p.stat().st_mtime for p in files)
+    return {"profile": ", ".join(profiles), "commit": ", ".join(values("git_commit")),
+            "date": datetime.fromtimestamp(newest, timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": ", ".join(values("platform")), "device": ", ".join(values("device")),
+            "python": ", ".join(values("python")),
+            "torch": ", ".join(sorted({str(p.get("versions", {}).get("torch", "unknown")) for p in provs})),
+            "provenance_files": len(files)}
+
+
+def snapshot(results: str | Path, dest: str | Path) -> Path:
+    """Copy a run's summary tables and claims ledger into `dest`/tables and its provenance summary into
+    `dest`/run.json: the committed reference the README is rendered from."""
+    results, dest = Path(results), Path(dest)
+    missing = [n for n in SNAPSHOT_TABLES if not (results / "tables" / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{results}/tables lacks {missing}: run the workflow (rule all) first")
+    info = run_info(results)
+    (dest / "tables").mkdir(parents=True, exist_ok=True)
+    for name in SNAPSHOT_TABLES:
+        shutil.copyfile(results / "tables" / name, dest / "tables" / name)
+    write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", dest / "run.json")
+    return dest
+
+
+# --------------------------------------------------------------------------------------------- rendering
+def _pm(mean, std, digits: int) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if pd.notna(std) else f"{mean:.{digits}f}"
+
+
+def _md(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False) + "\n"
+
+
+def glmc_section(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return ""
+    test = summary[summary["split"] == "test"]
+    pair = test[test["experiment"] == "pairwise"]
+    wide = pair.assign(cell=[_pm(m, s, 3 if metric == "accuracy" else 2) for m, s, metric in
+                             zip(pair["barrier_mean"], pair["barrier_std"], pair["metric"])],
+                       column=pair["model"] + " " + pair["metric"])
+    order = list(dict.fromkeys(pair["method"]))
+    table = wide.pivot(index="method", columns="column", values="cell").reindex(order)
+    if "paper_mean" in pair:   # GLMC Table 1 on the paper's dataset of the model family (glmc_summary.csv)
+        for model, part in pair[pair["metric"] == "loss"].groupby("model", sort=True):
+            col = part.set_index("method").reindex(order)
+            table[f"paper {model} loss"] = [_pm(m, s, 2) for m, s in zip(col["paper_mean"], col["paper_std"])]
+    n = ", ".join(f"{m}: {k}" for m, k in pair.groupby("model")["n_pairs"].max().items())
+    out = [f"**GLMC** — test-split chord barriers, mean ± std over seed pairs ({n} pairs); paper: GLMC Table 1 "
+           "on the paper's dataset for the model family (`paper_dataset` in glmc_summary.csv).\n",
+           _md(table.reset_index())]
+    other = test[(test["experiment"] != "pairwise") & (test["metric"] == "loss")]
+    if len(other):
+        rows = other.assign(barrier=[_pm(m, s, 2) for m, s in zip(other["barrier_mean"], other["barrier_std"])])
+        out += ["\nWidth-heterogeneous and multi-model experiments (test loss barrier):\n",
+                _md(rows[["experiment", "model", "method", "n_pairs", "barrier"]])]
+    return "\n".join(out)
+
+
+def moe_section(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return ""
+    part = summary[(summary["split"] == "test") & (summary["metric"] == "loss")]
+    keys = [k for k in ("experiment", "model", "gating", "n_experts", "placement") if k in part]
+    cells = [f"{m:.3f}" if pd.isna(r) or meth == "naive" else f"{m:.3f} ({r:.2f})" for m, r, meth in
+             zip(part["barrier_mean"], part["ratio_to_naive_mean"], part["method"])]
+    table = part.assign(cell=cells).pivot(index=keys, columns="method", values="cell")
+    methods = list(dict.fromkeys(part["method"]))
+    return ("**MoE-LMC** — test-loss chord barrier, mean over seed pairs (ratio to naive in brackets).\n\n"
+            + _md(table[methods].reset_index().fillna("–")))
+
+
+def ace_section(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return ""
+    acc = summary[summary["experiment"] == "accuracy"]
+    cells = acc.assign(cell=[_pm(m, s, 4 if metric in ("mse", "equiv_err") else 3) for m, s, metric in
+                             zip(acc["mean"], acc["std"], acc["metric"])],
+                       column=acc["task"] + " " + acc["metric"])
+    order = list(dict.fromkeys(acc["method"]))
+    table = cells.pivot_table(index="method", columns="column", values="cell", aggfunc="first").reindex(order)
+    seeds = int(acc["count"].max()) if len(acc) else 0
+    return (f"**ACE** — accuracy experiment, reported model per method, mean ± std over {seeds} seed(s).\n\n"
+            + _md(table.reset_index().fillna("–")))
+
+
+def claims_section(ledger: pd.DataFrame) -> str:
+    if ledger.empty:
+        return ""
+    counts = ledger.groupby(["paper", "verdict"], sort=False).size().unstack(fill_value=0)
+    summary = "; ".join(f"{paper}: " + ", ".join(f"{int(counts.loc[paper, v])} {v}" for v in counts.columns
+                                                 if counts.loc[paper, v]) for paper in dict.fromkeys(ledger["paper"]))
+    table = pd.DataFrame({
+        "claim": ledger["claim"], "scope": ledger["scope"].fillna(""),
+        "test": "`" + ledger["metric"] + " " + ledger["comparison"] + "`",
+        "ours (mean [95 % CI])": ledger.apply(interval_text, axis=1), "n": ledger["n"].astype(int),
+        "paper": [("–" if pd.isna(v) else f"{v:g}") for v in ledger["paper_value"]],
+        "verdict": ledger["verdict"]})
+    return (f"**Claims ledger** (`results/tables/claims.csv`; statements and rows used are in the CSV) — {summary}.\n\n"
+            + _md(table))
+
+
+def render(results: str | Path) -> str:
+    """Markdown of a run folder (a results directory or a snapshot): provenance line, the three tracks'
+    summary tables and the claims ledger."""
+    results = Path(results)
+    info = run_info(results)
+    tables = {name: read_csv(results / "tables" / name) if (results / "tables" / name).exists() else pd.DataFrame()
+              for name in SNAPSHOT_TABLES}
+    head = (f"Generated by `lmcbench readme` — profile `{info['profile']}`, commit `{info['commit'][:12]}`, "
+            f"run of {info['date']}, {info['machine']} ({info['device']}, Python {info['python']}, "
+            f"torch {info['torch']}).\n")
+    parts = [head, glmc_section(tables["glmc_summary.csv"]), moe_section(tables["moe_summary.csv"]),
+             ace_section(tables["ace_summary.csv"]), claims_section(tables["claims.csv"])]
+    return "\n".join(p for p in parts if p)
+
+
+# --------------------------------------------------------------------------------------------- README blocks
+def blocks(text: str) -> dict[str, str]:
+    """name -> body of every generated block of a README."""
+    return {m["name"]: m["body"] for m in BLOCK.finditer(text)}
+
+
+def splice(text: str, name: str, body: str) -> str:
+    """`text` with the block `name` replaced by `body`; an error if the markers are missing."""
+    matches = [m for m in BLOCK.finditer(text) if m["name"] == name]
+    if len(matches) != 1:
+        raise ValueError(f"expected one '{BEGIN.format(name=name)}' … '{END}' block, found {len(matches)}; "
+                         "add the two marker lines where the generated text belongs")
+    m = matches[0]
+    body = body if body.endswith("\n") else body + "\n"
+    return text[:m.start("body")] + body + text[m.end("body"):]
+
+
+def expected_block(name: str, root: str | Path = ROOT) -> str:
+    """What the README block `name` must hold: the rendering of its snapshot, or the placeholder."""
+    folder = snapshot_dir(name, root)
+    return render(folder) if folder.exists() else placeholder(name)

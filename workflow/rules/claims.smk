@@ -1,0 +1,33 @@
+# The claims ledger: every testable claim of the three papers (results/reference/claims.yaml), evaluated
+# on this run's tables with a paired t interval over seeds or seed pairs (lmcbench.claims).
+
+
+rule claims:
+    input:
+        rules.glmc_tables.output.barriers,
+        rules.moe_tables.output.barriers,
+        rules.moe_tables.output.order_ranks,
+        rules.ace_tables.output.results,
+        rules.ace_tables.output.trajectories,
+        rules.ace_tables.output.curves,
+        registry="results/reference/claims.yaml",
+    output:
+        csv=report(
+            f"{RESULTS}/tables/claims.csv",
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
+        tex=f"{RESULTS}/tables/claims.tex",
+    log:
+        f"{RESULTS}/logs/claims.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/claims.tsv"
+    params:
+        profile=config["profile"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+        gpu=0,
+    script:
+        "../scripts/claims.py"
