@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +109,32 @@ def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(sign * (0.5 + torch.rand(m.weight.shape, generator=gen)))
                 m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=gen))
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- the smoke workflow, run once
+def run_snakemake(*args, cwd=ROOT, timeout=120) -> subprocess.CompletedProcess:
+    """`python -m snakemake ARGS` in `cwd` with this interpreter's environment first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def copy_workflow(dest: Path) -> None:
+    """Snakefile, workflow/ and the committed results/reference/ in `dest`: a run there leaves the tree alone."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
+    shutil.copytree(ROOT / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "results" / "reference", dest / "results" / "reference")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """The whole smoke-profile DAG (~5 min on 2 cores), run once per session in a copy of the workflow and
+    shared by every test that reads its outputs (test_workflow's checks, the golden tables in test_claims)."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    copy_workflow(workdir)
+    result = run_snakemake("--cores", "2", "--configfile", "workflow/config/smoke.yaml", cwd=workdir, timeout=1400)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return workdir

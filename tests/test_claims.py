@@ -185,3 +185,96 @@ def test_claims_job_writes_every_column_and_the_tex(tmp_path):
     assert by_id.loc["moe.C6a", "verdict"] == "not run"
     tex = out["tex"].read_text()
     assert "glmc.C2c" in tex and "holds" in tex and "\\begin{longtable}" in tex
+
+
+# ----------------------------------------------------------------------------- README rendering
+def synthetic_run(root) -> "Path":
+    """A finished-run folder in miniature: the summary tables built by the real table code from synthetic
+    records, the claims ledger, and two provenance.json files."""
+    import json
+
+    from lmcbench.tables import summarise_barriers, summarise_moe
+
+    tables = root / "tables"
+    tables.mkdir(parents=True)
+    glmc = barrier_table({"vanilla": [1.0, 1.2, 0.9], "glmc_weight_matching": [0.2, 0.3, 0.25],
+                          "perm_weight_matching": [1.1, 1.3, 1.0]})
+    summarise_barriers(glmc, keys=("experiment", "model", "dataset", "method", "split", "metric")).assign(
+        paper_dataset="cifar10", paper_mean=1.69, paper_std=0.07).to_csv(tables / "glmc_summary.csv", index=False)
+    moe = glmc.assign(experiment="sweep", gating="dense", n_experts=4, placement="first", auc=0.1,
+                      method=glmc["method"].replace({"vanilla": "naive", "glmc_weight_matching": "expert_wm",
+                                                     "perm_weight_matching": "gate_wm"}))
+    moe = moe.assign(ratio_to_naive=moe["barrier"] / moe.groupby(["seed_a", "seed_b", "split", "metric"])["barrier"]
+                     .transform("max"), auc_ratio_to_naive=1.0)
+    summarise_moe(moe).to_csv(tables / "moe_summary.csv", index=False)
+    pd.DataFrame([{"experiment": "accuracy", "task": "nbody", "regime": "symmetric", "method": m, "n_train": 64,
+                   "perturbation": 0.0, "dual_lr": 0.1, "metric": "mse", "mean": v, "std": 0.001, "count": 3}
+                  for m, v in (("strict", 0.0143), ("ace_equality", 0.0139))]).to_csv(tables / "ace_summary.csv",
+                                                                                      index=False)
+    ledger = C.evaluate(C.load_claims(), {n: glmc if n == "glmc_barriers.csv" else pd.DataFrame()
+                                          for n in RULE_TABLES}, profile="tiny")
+    ledger.to_csv(tables / "claims.csv", index=False)
+    for job in ("glmc/pairwise/vit/vanilla", "ace/nbody"):
+        (root / job).mkdir(parents=True)
+        (root / job / "provenance.json").write_text(json.dumps(
+            {"git_commit": "0123456789abcdef", "platform": "Linux-x86_64", "device": "cpu", "python": "3.11.2",
+             "versions": {"torch": "2.14.1"}}))
+    return root
+
+
+def test_render_a_run_and_its_snapshot(tmp_path):
+    from lmcbench import readme
+
+    run = synthetic_run(tmp_path / "results")
+    text = readme.render(run)
+    assert "profile `tiny`" in text and "commit `0123456789ab`" in text and "Linux-x86_64 (cpu" in text
+    assert "| glmc_weight_matching |" in text and "0.25 ± 0.05" in text      # mean ± std of 0.2, 0.3, 0.25
+    assert "1.69 ± 0.07" in text                                             # the published column
+    assert "0.0139 ± 0.0010" in text and "| ace_equality |" in text
+    assert "| glmc.C2c " in text and "holds" in text and "not run" in text
+    snap = readme.snapshot(run, tmp_path / "reference" / "tiny_run")
+    assert sorted(p.name for p in (snap / "tables").iterdir()) == sorted(readme.SNAPSHOT_TABLES)
+    assert readme.render(snap) == text                                       # the snapshot renders the same
+
+
+def test_splice_replaces_only_its_block():
+    from lmcbench import readme
+
+    text = ("# t\nbefore\n<!-- BEGIN GENERATED: a -->\nold a\n<!-- END GENERATED -->\nmiddle\n"
+            "<!-- BEGIN GENERATED: b -->\nold b\n<!-- END GENERATED -->\nafter\n")
+    out = readme.splice(text, "a", "new a\nline 2")
+    assert readme.blocks(out) == {"a": "new a\nline 2\n", "b": "old b\n"}
+    assert out.startswith("# t\nbefore\n") and out.endswith("middle\n<!-- BEGIN GENERATED: b -->\nold b\n"
+                                                             "<!-- END GENERATED -->\nafter\n")
+    with pytest.raises(ValueError, match="BEGIN GENERATED: c"):
+        readme.splice(text, "c", "x")
+
+
+def test_readme_generated_blocks_match_the_committed_runs():
+    """Every generated README block is the rendering of results/reference/<name>_run/ (or, while no run is
+    committed, the placeholder), and every committed run has its block."""
+    from lmcbench import readme
+
+    blocks = readme.blocks((readme.ROOT / "README.md").read_text())
+    assert "default" in blocks
+    for name, body in blocks.items():
+        assert body == readme.expected_block(name), (
+            f"README block {name!r} differs from rendering results/reference/{name}_run: run "
+            f"`lmcbench readme --results results/reference/{name}_run --splice README.md --name {name}`")
+    committed = {p.name[:-len("_run")] for p in (readme.ROOT / "results" / "reference").glob("*_run")}
+    assert committed <= set(blocks)
+
+
+# ----------------------------------------------------------------------------- golden smoke numbers
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_smoke_run_matches_the_golden_tables(smoke_run):
+    """The smoke run's summaries and claims ledger equal tests/golden/smoke/ byte for byte (pinned CPU
+    numerics). LMCBENCH_UPDATE_GOLDEN=1 rewrites the golden files from this run instead."""
+    from lmcbench import golden
+
+    results = smoke_run / "results"
+    if os.environ.get("LMCBENCH_UPDATE_GOLDEN") == "1":
+        golden.update_golden(results)
+    problems = golden.check(results)
+    assert not problems, "\n".join(problems[:30])

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from math import comb
 from pathlib import Path
 
@@ -15,22 +12,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import copy_workflow, run_snakemake
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "workflow" / "config"
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 RULES = {"train", "glmc_pairwise", "glmc_tables", "glmc_figures", "training_report", "all"}
 
 
-def _env():
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-def snakemake(*args, cwd=ROOT, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+snakemake = run_snakemake   # the helpers live in conftest.py, beside the shared smoke-run fixture
+_copy_workflow = copy_workflow
 
 
 def dry_run(configfile: Path | None = None, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -238,23 +229,14 @@ def test_glmc_model_not_in_models_is_rejected(tmp_path):
 
 
 # ----------------------------------------------------------------------------- (d) the full smoke run
-def _copy_workflow(dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
-    shutil.copytree(ROOT / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "results" / "reference", dest / "results" / "reference")
-
-
 BARRIER_COLUMNS = ["experiment", "model", "dataset", "method", "seed_a", "seed_b", "split", "metric", "barrier",
                    "barrier_midpoint", "run_id"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_full_smoke_workflow(tmp_path):
-    _copy_workflow(tmp_path)
-    result = snakemake("--cores", "2", "--configfile", "workflow/config/smoke.yaml", cwd=tmp_path, timeout=1400)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+def test_full_smoke_workflow(smoke_run):
+    tmp_path = smoke_run   # the session's one smoke run (conftest.py), shared with the golden-table test
     config = profile_config("smoke")
 
     tables, figures = tmp_path / "results" / "tables", tmp_path / "results" / "figures"
@@ -297,6 +279,17 @@ def test_full_smoke_workflow(tmp_path):
     for method in config["glmc"]["methods"]:
         assert method.replace("_", "\\_") in tex  # LaTeX-escaped
 
+    # the claims ledger: every column, and at least 4 claims per paper that the smoke profile can judge
+    ledger = pd.read_csv(tables / "claims.csv")
+    assert {"claim", "paper", "statement", "profile", "metric", "ours_mean", "ours_ci_low", "ours_ci_high", "n",
+            "paper_value", "verdict", "table", "rows"} <= set(ledger.columns)
+    assert set(ledger["profile"]) == {"smoke"} and ledger["verdict"].isin(["holds", "does not hold",
+                                                                          "inconclusive", "not run"]).all()
+    judged = ledger[ledger["verdict"] != "not run"]
+    assert (judged.groupby("paper")["claim"].nunique() >= 4).all() and judged["paper"].nunique() == 3, \
+        ledger[["claim", "scope", "verdict", "note"]].to_string()
+    assert (tables / "claims.tex").read_text().count("glmc.C") >= 4
+
     # the Snakemake report holds every figure (each with its caption) and the summary tables
     result = snakemake("--cores", "1", "--configfile", "workflow/config/smoke.yaml", "--report", "results/report.html",
                        cwd=tmp_path, timeout=300)
@@ -304,6 +297,6 @@ def test_full_smoke_workflow(tmp_path):
     report = (tmp_path / "results" / "report.html").read_text()
     for png in pngs:
         assert png.name in report, f"{png.name} is not in the report"
-    for table in ("glmc_summary.csv", "moe_summary.csv", "ace_summary.csv"):
+    for table in ("glmc_summary.csv", "moe_summary.csv", "ace_summary.csv", "claims.csv"):
         assert table in report, f"{table} is not in the report"
     assert "smoke" in report and "profile" in report
