@@ -4,9 +4,6 @@
   lmcbench align A_DIR B_DIR --method vanilla --dataset mnist5k --out results/my_pair
   lmcbench matchers
   lmcbench bench rules | matching | matching-scale | throughput
-  lmcbench claims --results results --profile default
-  lmcbench readme --results results --out -
-  lmcbench golden --results /tmp/smoke/results [--update]
 """
 from __future__ import annotations
 
@@ -15,17 +12,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
-
-def _load_profile(path: str) -> dict:
-    """A profile merged over the default, as Snakemake does, and validated against the schema."""
-    from snakemake.utils import update_config, validate
-
-    root = Path(__file__).resolve().parents[1]
-    config = yaml.safe_load((root / "workflow/config/default.yaml").read_text())
-    update_config(config, yaml.safe_load(Path(path).read_text()))
-    validate(config, str(root / "workflow/schemas/config.schema.yaml"))
-    return config
 
 
 def _dataset_cfg(args) -> dict:
@@ -55,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a", help="reference checkpoint directory (λ = 1)")
     p.add_argument("b", help="checkpoint directory to align (λ = 0)")
     p.add_argument("--method", default="vanilla", help="a registered matcher (see `lmcbench matchers`)")
+    p.add_argument("--experiment", choices=["pairwise", "width_hetero"], default="pairwise",
+                   help="pairwise: A and B share one architecture; width_hetero: B is narrower and is embedded "
+                        "into A's width first (GLMC §5; no aligned checkpoint is exported)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
                    help="load a plugin that registers matchers first (repeatable; see README 'Add a method')")
     p.add_argument("--dataset", required=True, help="dataset name for the barrier, e.g. mnist5k, shakespeare, cifar10")
@@ -89,32 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=None, help="matching rounds (default: 15; matching-scale: 3)")
     p.add_argument("--mlp-cost", choices=["l1", "cosine"], default="l1")
     p.add_argument("--threads", type=int, default=None)
-
-    p = sub.add_parser("claims", help="evaluate the claims registry on a finished run's tables: "
-                                      "RESULTS/tables/claims.csv and claims.tex (see lmcbench.claims)")
-    p.add_argument("--results", default="results", help="the results folder of a finished run")
-    p.add_argument("--profile", default="unspecified", help="profile name written into the ledger")
-    p.add_argument("--registry", default=None, help="claims YAML (default results/reference/claims.yaml)")
-
-    p = sub.add_parser("readme", help="render a run's summary tables and claims ledger as markdown; "
-                                      "--snapshot commits a run as reference, --splice fills a README block")
-    p.add_argument("--results", default="results", help="a finished results folder or a snapshot of one")
-    p.add_argument("--out", default="-", help="write the markdown here ('-': stdout)")
-    p.add_argument("--snapshot", metavar="DIR", help="copy the run's tables and provenance summary to DIR "
-                                                     "(e.g. results/reference/default_run) instead")
-    p.add_argument("--splice", metavar="README", help="replace the README's block --name with the rendering")
-    p.add_argument("--name", default="default", help="the block: <!-- BEGIN GENERATED: NAME -->")
-
-    p = sub.add_parser("golden", help="compare a run's key tables (summaries, claims) with the golden files "
-                                      "byte for byte (exit 1 on a difference), or --update them")
-    p.add_argument("--results", required=True, help="a finished results folder (e.g. of the smoke profile)")
-    p.add_argument("--golden", default=None, help="golden folder (default tests/golden/smoke)")
-    p.add_argument("--update", action="store_true", help="copy the run's tables into the golden folder")
+    parser.add_argument("-v", "--debug", action="store_true", help="on an error, show the full traceback")
+    for command in sub.choices.values():  # also after the subcommand: `lmcbench align … -v`
+        command.add_argument("-v", "--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="on an error, show the full traceback")
     args = parser.parse_args(argv)
+    try:
+        return _run(args, parser)
+    except Exception as error:  # noqa: BLE001 - one clear line for users; the traceback with --debug
+        if args.debug:
+            raise
+        print(f"lmcbench {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lmcbench {args.command}: interrupted", file=sys.stderr)
+        return 130
 
-    if args.command in ("claims", "readme", "golden"):   # table-only commands: no torch
-        return _tables_command(args)
 
+def _run(args, parser) -> int:
+    """Run the parsed command; errors propagate to `main`."""
     from lmcbench.runner import job_context
 
     if getattr(args, "plugin", None):
@@ -148,15 +130,18 @@ def main(argv: list[str] | None = None) -> int:
                 table = bench.bench_matching_scale(args.widths, args.n_layer, args.iterations or 3, args.mlp_cost,
                                                    args.vocab_size)
             else:
-                table = bench.bench_throughput(_load_profile(args.config), args.models, args.steps, device=args.device)
+                from lmcbench.config import load_profile
+
+                table = bench.bench_throughput(load_profile(args.config), args.models, args.steps, device=args.device)
         print(table.to_string(index=False) if args.what != "matching" else table.T.to_string(header=False))
         if args.out:
             write_csv(table, args.out)
         return 0
     if args.command == "train":
+        from lmcbench.config import load_profile
         from lmcbench.jobs import train_job
 
-        config = _load_profile(args.config)
+        config = load_profile(args.config)
         if args.model not in config["models"]:
             parser.error(f"--model {args.model!r} is not in the profile's models: {sorted(config['models'])}")
         model_cfg = config["models"][args.model]
@@ -170,49 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                        "batch_size": args.batch_size}
         with job_context(args.log):
             table = pairs_job([(args.a, args.b)], args.out, args.method, _dataset_cfg(args), barrier_cfg,
-                              labels={"experiment": "pairwise"}, seed=args.seed, export=True)
+                              labels={"experiment": args.experiment}, seed=args.seed, experiment=args.experiment,
+                              export=args.experiment == "pairwise")
         print(table[["split", "metric", "barrier", "barrier_midpoint", "argmax_lambda"]].to_string(index=False))
         return 0
     return 1
-
-
-def _tables_command(args) -> int:
-    if args.command == "claims":
-        from lmcbench.claims import REGISTRY, claims_job, load_claims
-
-        tables, registry = Path(args.results) / "tables", args.registry or REGISTRY
-        needed = sorted({c["table"] for c in load_claims(registry)})
-        ledger = claims_job([tables / n for n in needed], {"csv": tables / "claims.csv", "tex": tables / "claims.tex"},
-                            args.profile, registry=registry)
-        print(ledger[["claim", "scope", "verdict"]].to_string(index=False))
-        return 0
-    if args.command == "readme":
-        from lmcbench import readme
-        from lmcbench.tables import write_text
-
-        if args.snapshot:
-            print(f"wrote {readme.snapshot(args.results, args.snapshot)}")
-            return 0
-        text = readme.render(args.results)
-        if args.splice:
-            path = Path(args.splice)
-            write_text(readme.splice(path.read_text(), args.name, text), path)
-            print(f"{path}: block {args.name!r} regenerated from {args.results}")
-        elif args.out == "-":
-            sys.stdout.write(text)
-        else:
-            write_text(text, args.out)
-        return 0
-    from lmcbench import golden
-
-    folder = args.golden or golden.SMOKE_GOLDEN
-    if args.update:
-        for path in golden.update_golden(args.results, folder):
-            print(f"updated {path}")
-        return 0
-    problems = golden.check(args.results, folder)
-    print("\n".join(problems) if problems else f"{args.results}: the key tables match {folder} byte for byte")
-    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def train_job(out_dir: str | Path, model_name: str, model_cfg: dict, data_cfg: d
 def _check_same_architecture(info_a: dict, info_b: dict, where: str) -> None:
     if info_a["model"] != info_b["model"] or info_a["meta"] != info_b["meta"]:
         raise ValueError(f"{where}: the checkpoints have different architectures ({info_a['model']} vs "
-                         f"{info_b['model']}); align different widths with the width_hetero experiment")
+                         f"{info_b['model']}); to align a narrower model to a wider one use "
+                         "`lmcbench align WIDE NARROW --experiment width_hetero` (or the workflow's glmc.width_hetero)")
 
 
 def _same_architecture(ckpt_a, ckpt_b, seed: int = 0):
@@ -88,6 +89,19 @@ def _embedded_narrow(ckpt_wide, ckpt_narrow, seed: int = 0):
 PREPARE = {"pairwise": _same_architecture, "width_hetero": _embedded_narrow}
 
 
+def _task_for(data_cfg: dict, info: dict, ckpt) -> object:
+    """The barrier's task on `data_cfg`, which must be data of the kind the checkpoint was trained on."""
+    data = load_dataset(data_cfg)
+    shape_keys = ("num_classes", "in_chans", "img_size", "vocab_size")  # what the model's shapes depend on
+    differ = [f"{k} {info['meta'].get(k)} vs {data.meta.get(k)}" for k in shape_keys
+              if info["meta"].get(k) != data.meta.get(k)]
+    if differ:
+        raise ValueError(f"{ckpt} was trained on {info.get('dataset', 'other data')}, which does not fit the barrier "
+                         f"dataset {data.name} ({', '.join(differ)}): evaluate on the data it was trained on "
+                         f"(`lmcbench align … --dataset {info.get('dataset', '<its dataset>')}`)")
+    return make_task(data, info["model"])
+
+
 def pairs_job(pairs: list[tuple[str | Path, str | Path]], out_dir: str | Path, method: str, data_cfg: dict,
               barrier_cfg: dict, matcher_cfg: dict | None = None, labels: dict | None = None, seed: int = 0,
               experiment: str = "pairwise", export: bool = False, progress: bool = True) -> pd.DataFrame:
@@ -105,7 +119,7 @@ def pairs_job(pairs: list[tuple[str | Path, str | Path]], out_dir: str | Path, m
     for ckpt_a, ckpt_b in pairs:
         model_a, model_b, info_a, info_b, extra = PREPARE[experiment](ckpt_a, ckpt_b, seed=seed)
         if task is None:
-            task = make_task(load_dataset(data_cfg), info_a["model"])
+            task = _task_for(data_cfg, info_a, ckpt_a)
         seed_everything(seed)
         alignment = get_matcher(method)(model_a, model_b, MatchContext(task, matcher_cfg or {}, seed))
         curve = interpolation_curve(alignment.template, task, alignment.state_a, alignment.state_b,
@@ -143,7 +157,7 @@ def multi_model_job(ckpts: list[str | Path], out_dir: str | Path, method: str, d
     job = {"job": "multi_model", "models": [str(c) for c in ckpts], "method": method, "data": data_cfg,
            "simplex": simplex_cfg, "matcher": matcher_cfg or {}, "seed": seed}
     seed_everything(seed)
-    task = make_task(load_dataset(data_cfg), loaded[0][1]["model"])
+    task = _task_for(data_cfg, loaded[0][1], ckpts[0])
     template, states, info = align_many([m for m, _ in loaded], method, MatchContext(task, matcher_cfg or {}, seed))
     surface = simplex_surface(template, task, states, simplex_cfg["resolution"], simplex_cfg["splits"],
                               simplex_cfg.get("max_examples"), simplex_cfg["batch_size"], progress=progress)

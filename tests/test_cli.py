@@ -5,6 +5,7 @@ The key property of an exported alignment: the aligned checkpoint of B, loaded w
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -47,15 +48,18 @@ def test_align_writes_curve_and_an_aligned_checkpoint_that_computes_b(vit_pair, 
     assert info["method"] == method and info["form"] in {"original", "canonical", "circuit"}
 
 
-def test_unknown_matcher_is_a_clear_error(vit_pair, tmp_path):
+def test_unknown_matcher_is_a_clear_error(vit_pair, tmp_path, capsys):
     a, b = vit_pair
-    with pytest.raises(ValueError, match="unknown matcher 'nope'.*registered"):
-        main(["align", str(a), str(b), "--method", "nope", "--dataset", "mnist5k", "--out", str(tmp_path)])
+    assert main(["align", str(a), str(b), "--method", "nope", "--dataset", "mnist5k", "--out", str(tmp_path)]) == 1
+    assert re.search("unknown matcher 'nope'.*registered", capsys.readouterr().err)
+    with pytest.raises(ValueError, match="unknown matcher 'nope'"):  # --debug: the exception itself
+        main(["align", str(a), str(b), "--method", "nope", "--dataset", "mnist5k", "--out", str(tmp_path), "--debug"])
 
 
-def test_missing_checkpoint_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        main(["align", str(tmp_path / "a"), str(tmp_path / "b"), "--dataset", "mnist5k", "--out", str(tmp_path)])
+def test_missing_checkpoint_names_the_path(tmp_path, capsys):
+    assert main(["align", str(tmp_path / "a"), str(tmp_path / "b"), "--dataset", "mnist5k",
+                 "--out", str(tmp_path)]) == 1
+    assert f"no checkpoint at {tmp_path / 'a'}" in capsys.readouterr().err
 
 
 def test_matchers_lists_every_registered_name(capsys):
@@ -86,9 +90,9 @@ def test_bench_rules_reads_snakemake_benchmark_files(tmp_path):
 
 def test_bench_throughput_and_matching_scale_run_the_real_code():
     from lmcbench.bench import bench_matching_scale, bench_throughput
-    from lmcbench.cli import _load_profile
+    from lmcbench.config import load_profile
 
-    config = _load_profile(str(ROOT / "workflow" / "config" / "smoke.yaml"))
+    config = load_profile(ROOT / "workflow" / "config" / "smoke.yaml")
     table = bench_throughput(config, ["vit", "gpt2"], steps=2, warmup=1, device="cpu")
     assert list(table["model"]) == ["vit", "gpt2"] and (table["samples_per_s"] > 0).all()
     assert table.loc[1, "tokens_per_s"] == pytest.approx(table.loc[1, "samples_per_s"] * 32, rel=1e-2)
