@@ -5,7 +5,8 @@
 * `circuit_form`: every head rebuilt from its QK and OV circuits (head size D+1), which quotients
   out the per-head GL(d) symmetries.
 * `apply_head_gl`: the explicit per-head GL(d) maps that keep the head size.
-* `embed_width`: exact embedding of a width-N canonical model into width M > N.
+* `embed_width` / `embed_like`: exact embedding of a width-N canonical model into width M > N
+  (and a wider MLP), with the same norm eps.
 
 All take a model and return a new one (or a new state dict); inputs are never modified. They are
 driven by the architecture's `Layout`, so they work for every registered architecture.
@@ -75,17 +76,24 @@ def _untie(model: nn.Module) -> None:
 
 
 def _rebuild(model: nn.Module, layout: Layout, width: int, head_dim: int, qkv_bias: bool,
-             eps_scale: float = 1.0) -> nn.Module:
-    """A fresh module of `model`'s family with new shapes and the same kind of norms."""
+             hidden: int | None = None) -> nn.Module:
+    """A fresh module of `model`'s family with new shapes (MLP width `hidden`, default: the same)
+    and the same kind of norms with the same eps."""
     p = next(model.parameters())
-    new = architecture_for(model).resize(model, width, head_dim, qkv_bias)
+    hidden = layout.mlps[0].hidden if hidden is None else hidden
+    new = architecture_for(model).resize(model, width, head_dim, qkv_bias, hidden)
     for site in layout.norms:
         old = model.get_submodule(site.module)
         if isinstance(old, RMSNorm):
-            _set_module(new, site.module, RMSNorm(width, eps=old.eps * eps_scale))
+            _set_module(new, site.module, RMSNorm(width, eps=old.eps))
         else:
-            new.get_submodule(site.module).eps = old.eps * eps_scale
+            new.get_submodule(site.module).eps = old.eps
     return new.to(device=p.device, dtype=p.dtype).train(model.training)
+
+
+def norm_eps(model: nn.Module) -> list[float]:
+    """The eps of every norm site, in layout order."""
+    return [model.get_submodule(site.module).eps for site in layout_for(model).norms]
 
 
 def _state(model: nn.Module) -> dict[str, Tensor]:
@@ -122,6 +130,10 @@ def canonicalize(model: nn.Module, eps_guard: float = 1e-6) -> nn.Module:
     norms = {}
     for site in layout.norms:
         norm = model.get_submodule(site.module)
+        if site.weight and not site.readers and not torch.all(sd[site.weight] == 1):
+            raise ValueError(f"canonicalize: the gain of {site.module!r} has no reader to fold into (its output is "
+                             "the model's output, e.g. a timm ViT with num_classes=0), so the canonical form cannot "
+                             "keep it; give the model a head (num_classes > 0) or a unit gain")
         gamma = sd.pop(site.weight) if site.weight else like.new_ones(layout.width)
         beta = sd[site.bias] if site.bias else like.new_zeros(layout.width)
         gamma = torch.where(gamma < 0, -1.0, 1.0).to(gamma) * gamma.abs().clamp_min(eps_guard)
@@ -253,18 +265,25 @@ def _pad_mlp(sd: dict[str, Tensor], mlp: MlpSite, new: MlpSite) -> None:
 
 
 def embed_width(model: nn.Module, width: int, O: Tensor | None = None,
-                generator: torch.Generator | None = None) -> nn.Module:
-    """Exact embedding of a width-N canonical model into a stock model of width M = `width`.
+                generator: torch.Generator | None = None, hidden: int | None = None) -> nn.Module:
+    """Exact embedding of a width-N canonical model into a stock model of width M = `width` and MLP
+    width `hidden` (default: the model's own, as in the official setting D = 256 -> 512 with n_inner
+    1024 in both). The result computes exactly what `model` computes, with the same norm eps.
 
-    Residual [official code `expand`, checked numerically in glmc.md section 2]: with O (N x M,
-    O O^T = I_N; Haar-random if None) and c = sqrt(N/M): writers W -> W O, readers W -> c O^T W,
-    RMSNorm biases beta -> beta O / c, eps -> eps N/M. RMS over M coordinates of x O is c times
-    the RMS of x, so every norm output is (norm(x) + beta) O / c and readers see the old input.
+    Residual, with O (N x M, O O^T = I_N; Haar-random if None) and c = sqrt(N/M): writers
+    W -> W O / c, readers W -> c O^T W, RMSNorm offsets beta -> beta O / c, eps unchanged.
+    The stream x O / c has the mean square of x over its N coordinates (|x|^2 / (c^2 M) = |x|^2 / N),
+    so every RMSNorm outputs (norm(x) + beta) O / c with the same eps, and readers see the old input.
+    [inferred] The official `expand` keeps the writers and scales eps by N/M instead; in a
+    shared template (the wide model's module, whose eps both endpoints use) that makes the λ = 0
+    endpoint differ from the narrow model (max |Δlogit| 7e-3 measured). Scaling the writers keeps it
+    exact; `embed_like` checks that the two models' eps agree.
 
-    Heads and MLP [inferred; differs from the official code, which keeps d and F and patches
-    HF's attention attributes]: the result has exactly the shapes of a natively built width-M
-    model (same head count, head size M/H, same MLP ratio), so it can be interpolated with one.
-    Heads are zero-padded d -> M/H with q scaled by sqrt(d'/d); hidden units are zero-padded.
+    Heads and MLP [inferred; the official code keeps d and F and patches HF's attention attributes]:
+    the result has exactly the shapes of a natively built width-M model (same head count, head
+    size M/H, MLP width `hidden`), so it can be interpolated with one. Heads are zero-padded
+    d -> M/H with q scaled by sqrt(d'/d); hidden units are zero-padded to `hidden` (zero in- and
+    out-weights contribute nothing whatever the activation), which needs `hidden` >= the model's.
     """
     layout = layout_for(model)
     if layout.residual_group != "orth":
@@ -274,15 +293,21 @@ def embed_width(model: nn.Module, width: int, O: Tensor | None = None,
         raise ValueError("embed_width expects heads of size width/num_heads (embed before circuit_form)")
     if width < n or any(width % att.num_heads for att in layout.attentions):
         raise ValueError(f"width {width} must be >= {n} and divisible by the head count")
+    hidden = layout.mlps[0].hidden if hidden is None else hidden
+    if any(mlp.hidden > hidden for mlp in layout.mlps):
+        raise ValueError(f"MLP width {hidden} is narrower than the model's {max(m.hidden for m in layout.mlps)}: "
+                         "zero-padding can only widen (merging units would need semi-permutations)")
     O = random_orthogonal(n, generator, m=width) if O is None else O
     c = math.sqrt(n / width)
     sd = apply(spec_from_layout(layout).subset("residual"), _state(model), {"residual": O})
+    for w in layout.writers:
+        sd[w.param] = sd[w.param] / c
     for site in layout.norms:
         for r in site.readers:
             sd[r.param] = sd[r.param] * c
         sd[site.bias] = sd[site.bias] / c
     qkv_bias = all(att.qkv_bias is not None for att in layout.attentions)
-    new = _rebuild(model, layout, width, width // layout.attentions[0].num_heads, qkv_bias, eps_scale=n / width)
+    new = _rebuild(model, layout, width, width // layout.attentions[0].num_heads, qkv_bias, hidden)
     target = layout_for(new)
     for att, new_att in zip(layout.attentions, target.attentions, strict=True):
         _pad_attention(sd, att, new_att)
@@ -290,3 +315,25 @@ def embed_width(model: nn.Module, width: int, O: Tensor | None = None,
         _pad_mlp(sd, mlp, new_mlp)
     new.load_state_dict(sd)
     return new
+
+
+def embed_like(model: nn.Module, like: nn.Module, O: Tensor | None = None,
+               generator: torch.Generator | None = None) -> nn.Module:
+    """`model` (canonical, narrow) embedded exactly into the shapes of `like` (canonical, wide):
+    its width and MLP width. Clear errors when that cannot give `like`'s exact shapes or norm eps
+    (different depth or head count, a wider MLP, another eps), since the pair is then interpolated
+    in `like`'s module."""
+    layout, target = layout_for(model), layout_for(like)
+    if len(layout.attentions) != len(target.attentions) or any(
+            a.num_heads != b.num_heads for a, b in zip(layout.attentions, target.attentions)):
+        raise ValueError("the narrow model needs the wide model's depth and head count (heads are padded, not split)")
+    if norm_eps(model) != norm_eps(like):
+        raise ValueError(f"the two models' norm eps differ ({norm_eps(model)[0]} vs {norm_eps(like)[0]}): the "
+                         "interpolation uses the wide model's modules, so the narrow endpoint would not be exact")
+    embedded = embed_width(model, target.width, O, generator, hidden=target.mlps[0].hidden)
+    shapes = {k: tuple(v.shape) for k, v in embedded.state_dict().items()}
+    shapes_like = {k: tuple(v.shape) for k, v in like.state_dict().items()}
+    if shapes != shapes_like:
+        bad = sorted(k for k in shapes_like.keys() | shapes.keys() if shapes_like.get(k) != shapes.get(k))[:3]
+        raise ValueError(f"after embedding into width {target.width} the shapes still differ at {bad}")
+    return embedded

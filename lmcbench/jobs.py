@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from lmcbench.barrier import barriers, default_grid, interpolation_curve, simplex_barriers, simplex_surface
-from lmcbench.canonical import canonicalize, embed_width
+from lmcbench.canonical import canonicalize, embed_like
 from lmcbench.checkpoints import load_model, save_model
 from lmcbench.data import load_dataset
 from lmcbench.io import provenance, run_id, write_json
@@ -69,20 +69,17 @@ def _same_architecture(ckpt_a, ckpt_b, seed: int = 0):
 
 def _embedded_narrow(ckpt_wide, ckpt_narrow, seed: int = 0):
     """Width-heterogeneous preparation: the canonical wide model, and the narrow one embedded exactly
-    into its width with a random semi-orthogonal map (GLMC §5, canonical form)."""
+    into its width and MLP width with a random semi-orthogonal map (GLMC §5, canonical form)."""
     wide, info_w = load_model(ckpt_wide)
     narrow, info_n = load_model(ckpt_narrow)
     if info_w["meta"] != info_n["meta"]:
         raise ValueError(f"{ckpt_wide} and {ckpt_narrow} were trained on different data ({info_w['meta']} vs {info_n['meta']})")
     canon_wide = canonicalize(wide)
+    try:
+        embedded = embed_like(canonicalize(narrow), canon_wide, generator=torch.Generator().manual_seed(seed))
+    except ValueError as err:
+        raise ValueError(f"cannot embed {ckpt_narrow} into {ckpt_wide}: {err}") from None
     width = layout_for(canon_wide).width
-    embedded = embed_width(canonicalize(narrow), width, generator=torch.Generator().manual_seed(seed))
-    shapes_w = {k: tuple(v.shape) for k, v in canon_wide.state_dict().items()}
-    shapes_e = {k: tuple(v.shape) for k, v in embedded.state_dict().items()}
-    if shapes_w != shapes_e:
-        bad = sorted(k for k in shapes_w if shapes_w[k] != shapes_e.get(k))[:3]
-        raise ValueError(f"after embedding {ckpt_narrow} into width {width} its shapes differ from {ckpt_wide} at "
-                         f"{bad}: the narrow model needs the same depth and head count and the same MLP ratio")
     return canon_wide, embedded, info_w, info_n, {"width_a": width, "width_b": layout_for(narrow).width}
 
 

@@ -6,8 +6,18 @@ from dataclasses import replace
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
-from lmcbench.canonical import RMSNorm, apply_head_gl, canonicalize, centering_matrix, circuit_form, embed_width
+from lmcbench.canonical import (
+    RMSNorm,
+    apply_head_gl,
+    canonicalize,
+    centering_matrix,
+    circuit_form,
+    embed_like,
+    embed_width,
+    norm_eps,
+)
 from lmcbench.symmetry import (
     SymmetrySpec,
     layout_for,
@@ -17,7 +27,17 @@ from lmcbench.symmetry import (
     spec_for,
 )
 from lmcbench.symmetry import apply as apply_element
-from test_symmetry import CASES, VIT_CONFIGS, Case, assert_changed, assert_same, changed_params, loaded, tiny_vit
+from test_symmetry import (
+    CASES,
+    VIT_CONFIGS,
+    Case,
+    assert_changed,
+    assert_same,
+    changed_params,
+    loaded,
+    tiny_gpt2,
+    tiny_vit,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -118,15 +138,16 @@ def test_embed_width_preserves_function(case: Case):
     model = canonicalize(case.make())
     n = layout_for(model).width
     m = n + 16
-    wide = embed_width(model, m, generator=torch.Generator().manual_seed(3))
+    native = canonicalize(model_at_width(case, m))
+    wide = embed_width(model, m, generator=torch.Generator().manual_seed(3), hidden=layout_for(native).mlps[0].hidden)
     assert_same(case.run(model), case.run(wide))
     layout = layout_for(wide)
     assert layout.width == m and layout.residual_group == "orth"
-    for old, new in zip(layout_for(model).norms, layout.norms, strict=True):
-        assert wide.get_submodule(new.module).eps == pytest.approx(model.get_submodule(old.module).eps * n / m)
+    assert norm_eps(wide) == norm_eps(model)  # exact with the same eps (writers carry the 1/c)
     # same shapes as a natively built width-m model in canonical form, so the two can be interpolated
-    native = canonicalize(model_at_width(case, m))
     assert {k: v.shape for k, v in wide.state_dict().items()} == {k: v.shape for k, v in native.state_dict().items()}
+    assert embed_like(model, native, generator=torch.Generator().manual_seed(3)).state_dict().keys() == \
+        native.state_dict().keys()
 
 
 def model_at_width(case: Case, width: int) -> nn.Module:
@@ -154,3 +175,47 @@ def test_embed_width_with_given_map_and_rejections():
         embed_width(model, 24)
     with pytest.raises(ValueError):  # not divisible by the 2 heads
         embed_width(model, 41)
+
+
+def gpt2_pair_official_widths(n_inner: int = 64):
+    """GLMC's width-heterogeneous setting in miniature: D = 32 vs 64, the same n_inner and heads."""
+    return [tiny_gpt2(n_layer=2, n_embd=width, n_head=4, n_inner=n_inner, tie_word_embeddings=False)
+            for width in (32, 64)]
+
+
+def test_embed_like_official_width_setting_has_an_exact_narrow_endpoint():
+    """D = 32 into D = 64 with equal MLP widths (the official n_inner setting): the embedded narrow
+    model, run in the wide model's canonical module (its eps), computes the narrow model's logits."""
+    narrow, wide = gpt2_pair_official_widths()
+    canon_wide = canonicalize(wide)
+    embedded = embed_like(canonicalize(narrow), canon_wide, generator=torch.Generator().manual_seed(2))
+    x = torch.randint(0, 40, (4, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = narrow(x).logits.double()
+        y0 = functional_call(canon_wide, embedded.state_dict(), (x,), strict=True).logits.double()
+    rel = ((y0 - y).abs().max() / y.abs().max()).item()
+    assert rel <= 1e-5, f"λ=0 endpoint differs from the narrow model by {rel:.3g} (relative)"
+    assert layout_for(embedded).mlps[0].hidden == layout_for(canon_wide).mlps[0].hidden == 64
+
+
+def test_embed_like_rejects_pairs_it_cannot_embed_exactly():
+    narrow, wide = gpt2_pair_official_widths()
+    canon_narrow, canon_wide = canonicalize(narrow), canonicalize(wide)
+    with pytest.raises(ValueError, match="narrower than the model"):  # target MLP narrower than the model's
+        embed_width(canon_narrow, 64, hidden=32)
+    other_eps = canonicalize(gpt2_pair_official_widths()[0])
+    for site in layout_for(other_eps).norms:
+        other_eps.get_submodule(site.module).eps = 1e-6
+    with pytest.raises(ValueError, match="eps differ"):
+        embed_like(other_eps, canon_wide)
+    with pytest.raises(ValueError, match="head count"):
+        embed_like(canonicalize(tiny_vit(**VIT_CONFIGS[0])), canonicalize(tiny_vit(**VIT_CONFIGS[1])))
+
+
+def test_canonicalize_refuses_to_drop_a_final_gain_without_reader():
+    """A ViT with num_classes=0 outputs the final norm itself: its gain has nowhere to go."""
+    model = tiny_vit(**VIT_CONFIGS[0])
+    model.reset_classifier(0)
+    assert isinstance(model.head, nn.Identity) and not torch.all(model.norm.weight == 1)
+    with pytest.raises(ValueError, match="no reader to fold into"):
+        canonicalize(model)

@@ -16,9 +16,12 @@ import pytest
 import torch
 
 from lmcbench.canonical import canonicalize
+from lmcbench.data import Dataset
 from lmcbench.matchers import MATCHERS, MatchContext
-from lmcbench.matchers.weight_matching import glmc_weight_matching_states
+from lmcbench.matchers.universe import universe_matching
+from lmcbench.matchers.weight_matching import active_tokens, glmc_weight_matching_states
 from lmcbench.symmetry import apply, sample_element, spec_for
+from lmcbench.tasks import LanguageModelingTask
 from test_matchers import (
     assert_same_function,
     family_of,
@@ -117,3 +120,42 @@ def test_permutation_residual_mode_with_gauge():
     for name, idx in element.items():
         if not idx.is_floating_point():
             assert torch.equal(aligner.element[name], torch.argsort(idx)), name
+
+
+def test_universe_averages_circuits_not_gauged_weights():
+    """Three copies of one model, each moved by a random element of the whole group (GL gauges
+    included): the universe is A's function, because it averages circuits. Averaging canonical
+    weights would mix the copies' per-head bases (mean of W_Q G_i and of W_K G_i^-T is another QK)."""
+    a, b, _ = gauge_planted_pair("gpt2-d2-w36-h3-tied", seed=21)
+    _, c, _ = gauge_planted_pair("gpt2-d2-w36-h3-tied", seed=22)
+    template, aligned, universe = universe_matching([a, b, c], rounds=2, iterations=5)
+    x = inputs_for("gpt2")
+    assert_same_function(run(a, x), run(universe, x), rtol=1e-5)
+    for state in aligned:
+        assert_same_function(run(a, x), outputs(template, state, x), rtol=1e-5)
+    # negative control: the canonical-weight mean of the same aligned states is not A
+    mean = {k: sum(sd[k] for sd in aligned) / 3 if v.is_floating_point() else v for k, v in aligned[0].items()}
+    with pytest.raises(AssertionError):
+        assert_same_function(run(a, x), outputs(template, mean, x), rtol=1e-3)
+
+
+def test_token_frequency_filter_ignores_rows_of_unseen_tokens():
+    """Vocabulary rows of tokens absent from the train split do not move the residual map: B is a
+    planted copy of A whose unseen-token rows (embedding and unembedding) are replaced by noise; with
+    the filter the planted map is recovered exactly, without it the noise pulls it off."""
+    a, b, planted = gauge_planted_pair("gpt2-d1-w40-h5-untied", seed=8)
+    seen = torch.arange(0, 40, 2)
+    tokens = seen.repeat(3)  # only even ids occur in training
+    task = LanguageModelingTask(Dataset("even-ids", "text", tokens, tokens, tokens), block_size=4)
+    assert torch.equal(active_tokens(task), seen) and active_tokens(task, enabled=False) is None
+    unseen = torch.arange(1, 40, 2)
+    state = b.state_dict()
+    gen = torch.Generator().manual_seed(0)
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        state[key][unseen] = 3 * torch.randn(len(unseen), state[key].shape[1], generator=gen)
+    b = loaded(b, state)
+    errors = {}
+    for tokens in (active_tokens(task), None):
+        _, aligner = glmc_weight_matching_states(a, b, iterations=3, tokens=tokens)
+        errors[tokens is None] = (aligner.element["residual"].double() - planted["residual"].double().T).norm().item()
+    assert errors[False] <= 1e-5 and errors[True] > 1e-2, errors

@@ -2,7 +2,7 @@
 
 (a) Universe matching [secondary; MergeMany-style loop of Git Re-Basin, inferred]: start from
     model 0, align every model to the universe with GLMC weight matching, set the universe to the
-    mean of the aligned models, repeat.
+    mean of the aligned models' attention circuits (the gauge-free form the simplex interpolates), repeat.
 (b) Learned refinement [secondary]: one latent set per model (model 0 is the gauge), trained on the
     task loss of Σ λ_i π_i(θ_i) with λ ~ Dirichlet(α·1).
 """
@@ -12,11 +12,20 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from lmcbench.canonical import circuit_form, circuit_state_dict
 from lmcbench.matchers import Alignment, MatchContext, parse_options
 from lmcbench.matchers.learned import LearningOptions, dirichlet, learn_alignment
-from lmcbench.matchers.weight_matching import _state, as_model, ensure_canonical, finish, glmc_weight_matching_states
+from lmcbench.matchers.weight_matching import (
+    _state,
+    active_tokens,
+    as_model,
+    ensure_canonical,
+    finish,
+    glmc_weight_matching_states,
+)
+from lmcbench.symmetry import layout_for
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +40,29 @@ class MultiModelOptions(LearningOptions):
     alpha: float = 0.1      # Dirichlet concentration of the refinement's mixture weights [secondary]
 
 
-def universe_matching(models: list[nn.Module], rounds: int = 3, iterations: int = 15) -> tuple[nn.Module, list[dict]]:
-    """(canonical template, aligned canonical states of all models)."""
+def universe_matching(models: list[nn.Module], rounds: int = 3, iterations: int = 15,
+                      tokens: Tensor | None = None) -> tuple[nn.Module, list[dict], nn.Module]:
+    """(canonical template, aligned canonical states of all models, the final universe).
+
+    The universe is the mean of the aligned models' attention-circuit forms, not of their canonical
+    weights [inferred]: canonical W_Q, W_K, W_V, W_O carry each head's arbitrary GL(d) gauge, which
+    weight matching leaves as it is, so their mean mixes unaligned per-head bases (a model and a
+    re-gauged copy of it would average to another function). Circuits are gauge-free and are what
+    the simplex interpolates. The first round aligns to model 0; later rounds align every model to
+    the circuit-form universe, which `glmc_weight_matching_states` compares circuit to circuit."""
     canon = [ensure_canonical(m) for m in models]
     template = canon[0]
-    universe = _state(template)
+    circuit_template = circuit_form(template)
+    layout, circuit_layout = layout_for(template), layout_for(circuit_template)
+    universe: nn.Module = template
     aligned = [_state(m) for m in canon]
     for r in range(rounds):
-        target = as_model(template, universe)
-        aligned = [glmc_weight_matching_states(target, m, iterations)[1].state_b for m in canon]
-        universe = {k: torch.stack([sd[k] for sd in aligned]).mean(0) if v.is_floating_point() else v
-                    for k, v in aligned[0].items()}
+        aligned = [glmc_weight_matching_states(universe, m, iterations, tokens=tokens)[1].state_b for m in canon]
+        circuits = [circuit_state_dict(sd, layout, circuit_layout) for sd in aligned]
+        universe = as_model(circuit_template, {k: torch.stack([sd[k] for sd in circuits]).mean(0)
+                                               if v.is_floating_point() else v for k, v in circuits[0].items()})
         log.info("universe round %d done", r + 1)
-    return template, aligned
+    return template, aligned, universe
 
 
 def align_many(models: list[nn.Module], method: str, context: MatchContext) -> tuple[nn.Module, list[dict], dict]:
@@ -53,7 +72,7 @@ def align_many(models: list[nn.Module], method: str, context: MatchContext) -> t
     cfg = parse_options(MultiModelOptions, context.config, "glmc.multi_model.matcher")
     if method == "vanilla":
         return models[0], [_state(m) for m in models], {}
-    template, aligned = universe_matching(models, cfg.rounds, cfg.iterations)
+    template, aligned, _ = universe_matching(models, cfg.rounds, cfg.iterations, active_tokens(context.task))
     info = {"rounds": cfg.rounds}
     if method == "learned_full":
         anchor = as_model(template, aligned[0])

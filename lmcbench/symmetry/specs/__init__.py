@@ -18,8 +18,8 @@ from lmcbench.symmetry.spec import Layout, SymmetrySpec, spec_from_layout
 @dataclass(frozen=True)
 class Architecture:
     layout: Callable[[nn.Module], Layout]
-    # resize(model, width, head_dim, qkv_bias) -> fresh module of the same family
-    resize: Callable[[nn.Module, int, int, bool], nn.Module]
+    # resize(model, width, head_dim, qkv_bias, hidden) -> fresh module of the same family
+    resize: Callable[[nn.Module, int, int, bool, int], nn.Module]
 
 
 # model class (module.qualname) -> module defining `ARCHITECTURE`; imported on use, since the model's

@@ -59,13 +59,12 @@ def _set_head_dim(attn: nn.Module, head_dim: int) -> None:
         attn.scaling /= float(attn.layer_idx + 1)
 
 
-def resize_gpt2(model: GPT2LMHeadModel, width: int, head_dim: int, qkv_bias: bool) -> GPT2LMHeadModel:
-    """A fresh, untied GPT-2 like `model` with residual width `width` and heads of size `head_dim`,
-    keeping heads, depth, MLP ratio, vocabulary and dropout. (Conv1D always has a bias, so
+def resize_gpt2(model: GPT2LMHeadModel, width: int, head_dim: int, qkv_bias: bool, hidden: int) -> GPT2LMHeadModel:
+    """A fresh, untied GPT-2 like `model` with residual width `width`, heads of size `head_dim` and
+    MLP width `hidden`, keeping heads, depth, vocabulary and dropout. (Conv1D always has a bias, so
     `qkv_bias` has no effect.) Norms are LayerNorms; the caller swaps them and loads weights."""
     cfg = copy.deepcopy(model.config)
-    inner = cfg.n_inner or 4 * cfg.n_embd
-    cfg.n_inner = round(inner * width / cfg.n_embd)
+    cfg.n_inner = hidden
     cfg.n_embd = width
     cfg.tie_word_embeddings = False
     new = GPT2LMHeadModel(cfg)

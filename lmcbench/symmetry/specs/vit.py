@@ -66,12 +66,11 @@ def _drop(module: nn.Module, attr: str) -> float:
     return getattr(module, attr, 0.0)
 
 
-def resize_vit(model: VisionTransformer, width: int, head_dim: int, qkv_bias: bool) -> VisionTransformer:
-    """A fresh (uninitialised) ViT like `model` with residual width `width` and heads of size
-    `head_dim`, keeping heads, depth, MLP ratio, pooling and dropout rates. Norms are timm defaults;
-    the caller swaps them and loads weights."""
+def resize_vit(model: VisionTransformer, width: int, head_dim: int, qkv_bias: bool, hidden: int) -> VisionTransformer:
+    """A fresh (uninitialised) ViT like `model` with residual width `width`, heads of size
+    `head_dim` and MLP width `hidden`, keeping heads, depth, pooling and dropout rates. Norms are
+    timm defaults; the caller swaps them and loads weights."""
     blk = model.blocks[0]
-    d_in, hidden = model.embed_dim, blk.mlp.fc1.out_features
     dpr = model.blocks[-1].drop_path1
     new = VisionTransformer(
         img_size=model.patch_embed.img_size, patch_size=model.patch_embed.patch_size,
@@ -79,7 +78,7 @@ def resize_vit(model: VisionTransformer, width: int, head_dim: int, qkv_bias: bo
         global_pool=model.global_pool, embed_dim=width, depth=len(model.blocks),
         num_heads=blk.attn.num_heads,
         # timm builds int(dim * mlp_ratio); the +0.5 turns that truncation into rounding
-        mlp_ratio=(hidden * width / d_in + 0.5) / width,
+        mlp_ratio=(hidden + 0.5) / width,
         qkv_bias=qkv_bias, proj_bias=blk.attn.proj.bias is not None,
         class_token=model.cls_token is not None, reg_tokens=model.num_reg_tokens,
         pos_embed="learn" if model.pos_embed is not None else "none", no_embed_class=model.no_embed_class,
