@@ -4,6 +4,9 @@
   lmcbench align A_DIR B_DIR --method vanilla --dataset mnist5k --out results/my_pair
   lmcbench matchers
   lmcbench bench rules | matching | matching-scale | throughput
+  lmcbench claims --results results --profile default
+  lmcbench readme --results results --out -
+  lmcbench golden --results /tmp/smoke/results [--update]
 """
 from __future__ import annotations
 
@@ -78,6 +81,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=None, help="matching rounds (default: 15; matching-scale: 3)")
     p.add_argument("--mlp-cost", choices=["l1", "cosine"], default="l1")
     p.add_argument("--threads", type=int, default=None)
+
+    p = sub.add_parser("claims", help="evaluate the claims registry on a finished run's tables: "
+                                      "RESULTS/tables/claims.csv and claims.tex (see lmcbench.claims)")
+    p.add_argument("--results", default="results", help="the results folder of a finished run")
+    p.add_argument("--profile", default="unspecified", help="profile name written into the ledger")
+    p.add_argument("--registry", default=None, help="claims YAML (default results/reference/claims.yaml)")
+
+    p = sub.add_parser("readme", help="render a run's summary tables and claims ledger as markdown; "
+                                      "--snapshot commits a run as reference, --splice fills a README block")
+    p.add_argument("--results", default="results", help="a finished results folder or a snapshot of one")
+    p.add_argument("--out", default="-", help="write the markdown here ('-': stdout)")
+    p.add_argument("--snapshot", metavar="DIR", help="copy the run's tables and provenance summary to DIR "
+                                                     "(e.g. results/reference/default_run) instead")
+    p.add_argument("--splice", metavar="README", help="replace the README's block --name with the rendering")
+    p.add_argument("--name", default="default", help="the block: <!-- BEGIN GENERATED: NAME -->")
+
+    p = sub.add_parser("golden", help="compare a run's key tables (summaries, claims) with the golden files "
+                                      "byte for byte (exit 1 on a difference), or --update them")
+    p.add_argument("--results", required=True, help="a finished results folder (e.g. of the smoke profile)")
+    p.add_argument("--golden", default=None, help="golden folder (default tests/golden/smoke)")
+    p.add_argument("--update", action="store_true", help="copy the run's tables into the golden folder")
     parser.add_argument("-v", "--debug", action="store_true", help="on an error, show the full traceback")
     for command in sub.choices.values():  # also after the subcommand: `lmcbench align … -v`
         command.add_argument("-v", "--debug", action="store_true", default=argparse.SUPPRESS,
@@ -97,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, parser) -> int:
     """Run the parsed command; errors propagate to `main`."""
+    if args.command in ("claims", "readme", "golden"):   # table-only commands: no torch
+        return _tables_command(args)
+
     from lmcbench.runner import job_context
 
     if getattr(args, "plugin", None):
@@ -160,6 +187,45 @@ def _run(args, parser) -> int:
         print(table[["split", "metric", "barrier", "barrier_midpoint", "argmax_lambda"]].to_string(index=False))
         return 0
     return 1
+
+
+def _tables_command(args) -> int:
+    if args.command == "claims":
+        from lmcbench.claims import REGISTRY, claims_job, load_claims
+
+        tables, registry = Path(args.results) / "tables", args.registry or REGISTRY
+        needed = sorted({c["table"] for c in load_claims(registry)})
+        ledger = claims_job([tables / n for n in needed], {"csv": tables / "claims.csv", "tex": tables / "claims.tex"},
+                            args.profile, registry=registry)
+        print(ledger[["claim", "scope", "verdict"]].to_string(index=False))
+        return 0
+    if args.command == "readme":
+        from lmcbench import readme
+        from lmcbench.tables import write_text
+
+        if args.snapshot:
+            print(f"wrote {readme.snapshot(args.results, args.snapshot)}")
+            return 0
+        text = readme.render(args.results)
+        if args.splice:
+            path = Path(args.splice)
+            write_text(readme.splice(path.read_text(), args.name, text), path)
+            print(f"{path}: block {args.name!r} regenerated from {args.results}")
+        elif args.out == "-":
+            sys.stdout.write(text)
+        else:
+            write_text(text, args.out)
+        return 0
+    from lmcbench import golden
+
+    folder = args.golden or golden.SMOKE_GOLDEN
+    if args.update:
+        for path in golden.update_golden(args.results, folder):
+            print(f"updated {path}")
+        return 0
+    problems = golden.check(args.results, folder)
+    print("\n".join(problems) if problems else f"{args.results}: the key tables match {folder} byte for byte")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
