@@ -3,6 +3,7 @@
   lmcbench train --config workflow/config/default.yaml --model vit --seed 0 --out results/models/vit/seed0
   lmcbench align A_DIR B_DIR --method vanilla --dataset mnist5k --out results/my_pair
   lmcbench matchers
+  lmcbench compare results/tables tests/golden/smoke
   lmcbench bench rules | matching | matching-scale | throughput
   lmcbench claims --results results --profile default
   lmcbench readme --results results --out -
@@ -27,9 +28,27 @@ def _dataset_cfg(args) -> dict:
     return cfg
 
 
+def _apply_numerics(args) -> None:
+    """The profile's `numerics` block (the default's when no --config), overridden by --numerics and --threads."""
+    from lmcbench import numerics
+
+    cfg = {}
+    if getattr(args, "config", None):   # read, not validated: the schema validator loads numpy
+        for path in (Path(__file__).resolve().parents[1] / "workflow/config/default.yaml", Path(args.config)):
+            cfg.update((yaml.safe_load(path.read_text()) or {}).get("numerics") or {})
+    if args.numerics:
+        cfg["mode"] = args.numerics
+    if getattr(args, "threads", None):
+        cfg["threads"] = args.threads
+    numerics.apply(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmcbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--numerics", choices=["pinned", "fast"], default=None,
+                        help="CPU numerics (default: the profile's, else pinned): pinned = AVX2 kernels and fixed "
+                             "threads, the same numbers on any x86-64 machine; fast = full ISA, more threads")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model of a profile for one seed")
@@ -59,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--log", help="append the log here instead of stderr")
+
+    p = sub.add_parser("compare", help="compare a run's CSV tables with reference ones (byte for byte unless "
+                                       "--rtol/--atol); one line per difference, exit 1 on any")
+    p.add_argument("run", help="folder of a run's tables, e.g. results/tables")
+    p.add_argument("reference", help="folder of reference tables; each CSV in it must match, e.g. tests/golden/smoke")
+    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for numeric cells")
+    p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance for numeric cells")
 
     p = sub.add_parser("matchers", help="list registered matchers")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE", help="load a plugin first")
@@ -123,6 +149,7 @@ def _run(args, parser) -> int:
     """Run the parsed command; errors propagate to `main`."""
     if args.command in ("claims", "readme", "golden"):   # table-only commands: no torch
         return _tables_command(args)
+    _apply_numerics(args)   # before anything imports torch or numpy
 
     from lmcbench.runner import job_context
 
@@ -130,6 +157,12 @@ def _run(args, parser) -> int:
         from lmcbench.plugins import load_plugins
 
         load_plugins(args.plugin)
+    if args.command == "compare":
+        from lmcbench.compare import compare_dirs
+
+        differences, notes = compare_dirs(args.run, args.reference, rtol=args.rtol, atol=args.atol)
+        print("\n".join(notes + differences + [f"{len(differences)} differences" if differences else "tables match"]))
+        return 1 if differences else 0
     if args.command == "matchers":
         from lmcbench.matchers import MATCHERS
 

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
+from lmcbench.numerics import job_threads
 from lmcbench.plugins import load_plugins
 
 
@@ -23,8 +22,12 @@ def configure_logging() -> None:
 
 @contextlib.contextmanager
 def job_context(log_file: str | Path | None = None, threads: int | None = None) -> Iterator[None]:
-    """Send stderr and logging to `log_file` (appending), and cap torch's CPU threads at `threads`."""
-    if threads:
+    """Send stderr and logging to `log_file` (appending), and cap torch's CPU threads at `threads`
+    (in the pinned numerics mode at `numerics.threads`, whatever the rule asked for)."""
+    threads = job_threads(threads)
+    if threads:   # torch only where a job caps its threads: table and claims jobs never import it
+        import torch
+
         torch.set_num_threads(int(threads))
     if log_file is None:
         configure_logging()

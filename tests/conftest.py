@@ -1,6 +1,11 @@
 """Shared tiny configs and fixtures: CPU-sized models and the offline datasets, loaded once per session."""
 from __future__ import annotations
 
+from lmcbench.numerics import apply as apply_numerics
+
+# First, before torch and numpy load: the tests run with the CPU profiles' numerics (AVX2 kernels, 1 thread).
+apply_numerics()
+
 import copy
 import os
 import shutil

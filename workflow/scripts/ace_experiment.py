@@ -1,3 +1,7 @@
+from lmcbench.numerics import apply
+
+apply(snakemake.config.get("numerics"))   # first, before torch and numpy load: pinned CPU kernels and threads
+
 from pathlib import Path
 
 from lmcbench.ace.jobs import task_job

@@ -1,3 +1,7 @@
+from lmcbench.numerics import apply
+
+apply(snakemake.config.get("numerics"))   # first, before torch and numpy load: pinned CPU kernels and threads
+
 from lmcbench import plots
 from lmcbench.tables import read_csv
 from lmcbench.runner import snakemake_job
