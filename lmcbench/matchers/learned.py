@@ -4,10 +4,31 @@ on the task loss of the interpolated model at random λ.
 Projections: the polar factor U Vᵀ of SVD(Z) for orthogonal spaces (differentiable), and the
 Hungarian permutation of Z with a straight-through estimator for permutation spaces (forward: the
 hard permutation; backward: the identity, so ∂L/∂Z = ∂L/∂P) [official code `GPTMerger._project`].
+
+Why assignments can move here. Latents start at I + N(0, 0.01²) [official code], so a head or MLP
+assignment flips only once an off-diagonal pair Z_ij + Z_ji overtakes Z_ii + Z_jj: a change of ~1.
+Adam moves an entry by at most ~lr a step, so at the official lr (3e-4, ~300 steps) or the old CPU
+setting (1e-3, 100 steps) no assignment can ever change and the permutation part of learned
+matching is the WM solution by construction (measured: 0 units moved). The gradient the STE
+passes to Z_perm is, for a loss locally quadratic around A, (1−c)²·(W_Bᵀ W_B P − W_Bᵀ W_A): its
+accumulation is the weight-matching similarity, so Hungarian(Z) follows the data-driven match once
+Z can move that far [inferred]. So the permutation latents get their own learning rate `perm_lr`,
+sized to that latent scale (Σ_t perm_lr_t ≳ 1 over the schedule) [inferred; deviation from the
+official code, which uses one lr]; the orthogonal residual keeps `lr` (polar(Z) turns by ~lr a step,
+already the scale of the corrections GLMC reports [secondary]). Everything else is the official
+schedule: AdamW with weight decay on the latents, linear warm-up then cosine decay, up to `steps`
+(or `epochs` over the train split), evaluation every `eval_every` steps on the validation split at
+fixed mixture weights, early stopping after `patience` evaluations without improvement, and the
+best evaluated latents kept — including the start, so the chosen element is never worse on
+validation than the WM solution it started from [official code: `--early_stop`,
+`load_best_model_at_end`; the fixed evaluation weights replace its random c, inferred].
 """
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,10 +41,18 @@ from lmcbench.matchers import Alignment, MatchContext, register
 from lmcbench.matchers.assignment import match_units
 from lmcbench.matchers.weight_matching import _state, ensure_canonical, finish, glmc_weight_matching_states
 from lmcbench.symmetry import apply, layout_for, perm_matrix, spec_for
-from lmcbench.tasks import autocast
-from lmcbench.training import default_device
+from lmcbench.tasks import autocast, evaluate
+from lmcbench.training import default_device, warmup_cosine
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LearnedRun:
+    """What `train_latents` found: aligned states, the per-step history, and the record of the run."""
+    states: list[dict[str, Tensor]]
+    history: list[dict] = field(default_factory=list)
+    record: dict = field(default_factory=dict)
 
 
 def polar(z: Tensor) -> Tensor:
@@ -56,83 +85,202 @@ def dirichlet(alpha: float, n: int):
     return lambda rng: rng.dirichlet(np.full(n, alpha))
 
 
-def learn_alignment(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, cfg: dict, seed: int,
-                    residual: str = "orth", sampler=None, progress: bool = False) -> tuple[list[dict], list[dict]]:
+@dataclass(frozen=True)
+class LearningOptions:
+    """How the latent alignment is trained (pairwise learned matching and multi-model refinement).
+    Defaults: the official schedule [official code `run_merger.sh`, `train_merger.py`] except
+    `perm_lr` (module docstring) and `steps`/`batch_size`, which each profile sets."""
+    steps: int = 200                 # maximum optimisation steps (`epochs`, when given, sets it instead)
+    epochs: float | None = None      # passes over the train split; official: up to 10
+    batch_size: int = 32             # official: 32 blocks of 256 tokens
+    lr: float = 3e-4                 # orthogonal residual latents [official code]
+    perm_lr: float = 0.05            # permutation latents, sized to the flip margin ~1 [inferred]
+    weight_decay: float = 0.01       # AdamW, on the latents too [official code]
+    warmup_frac: float = 0.05        # linear warm-up, then cosine decay to 0 [official code]
+    eval_every: int = 50             # steps between validation evaluations [official code]
+    patience: int | None = 10        # evaluations without improvement before stopping; None = never [official code]
+    val_examples: int | None = None  # validation examples per evaluation; None = the whole split
+    eval_batch_size: int = 64
+    dropout: bool = False   # train mode (dropout on) for the interpolated model
+    circuits: bool = True   # interpolate in the attention circuit form
+
+    def total_steps(self, train_examples: int) -> int:
+        """`steps`, or `epochs` passes over `train_examples` at `batch_size`."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * train_examples / self.batch_size))
+
+
+@dataclass(frozen=True)
+class LearnedOptions(LearningOptions):
+    lambda_range: tuple[float, float] = (0.4, 0.6)  # c ~ U(lo, hi): GLMC's `narrow_uniform` [official code]
+
+
+@dataclass(frozen=True)
+class LearnedFromMatchingOptions(LearnedOptions):
+    iterations: int = 15                    # rounds of the weight matching it starts from
+    mlp_cost: Literal["l1", "cosine"] = "l1"
+
+
+def _hard(latents: dict[str, Tensor], groups: dict[str, str]) -> dict[str, Tensor]:
+    """The group element the latents stand for: permutations as index tensors, orthogonal maps as matrices."""
+    return {name: polar(z.detach()).cpu() if groups[name] == "orth" else match_units(z.detach().T).cpu()
+            for name, z in latents.items()}
+
+
+def moved(start: dict[str, Tensor], end: dict[str, Tensor], groups: dict[str, str]) -> dict[str, float]:
+    """Per space: units whose assignment changed (permutations), or ‖O_end − O_start‖_F (orthogonal)."""
+    return {name: float(torch.linalg.matrix_norm(end[name].double() - start[name].double())) if groups[name] == "orth"
+            else int((end[name] != start[name]).sum()) for name in start}
+
+
+def summarise_moves(per_space: dict[str, float], groups: dict[str, str]) -> dict:
+    """Table columns: units moved in all head spaces, in all MLP spaces, and the residual's move
+    (a distance for an orthogonal residual, a unit count for a permutation one)."""
+    return {"moved_heads": sum(v for k, v in per_space.items() if k.endswith(".heads")),
+            "moved_mlp": sum(v for k, v in per_space.items() if k.endswith(".mlp")),
+            "residual_shift": per_space.get("residual", 0.0)}
+
+
+def _train_examples(task) -> int:
+    return len(task.eval_tensors("train")[1])
+
+
+def train_latents(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, options: LearningOptions, seed: int,
+                  residual: str = "orth", sampler=None, progress: bool = False) -> LearnedRun:
     """Train latents for the residual (orthogonal or permutation), heads and MLP units of each
-    canonical B_k so that the mixture w_0·θ_A + Σ_k w_k·π_k(θ_B_k), w ~ `sampler`, has low task loss.
-    A is the fixed gauge. Returns the aligned states of the B_k (hard projections) and the loss history."""
+    canonical B_k so that the mixture w_0·θ_A + Σ_k w_k·π_k(θ_B_k), w ~ `sampler`, has low task loss,
+    with the schedule of the module docstring. A is the fixed gauge. Returns the aligned states of the
+    B_k at the best evaluated step (hard projections), the history, and a record of the run."""
     spec = spec_for(canon_a).subset("residual", "blocks.*.heads", "blocks.*.mlp")
     groups = {s.name: ("orth" if (s.name == "residual" and residual == "orth") else "perm") for s in spec}
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    sampler = sampler or uniform_pair(*cfg.get("lambda_range", (0.4, 0.6)))
+    sampler = sampler or uniform_pair(*getattr(options, "lambda_range", (0.4, 0.6)))
+    # fixed evaluation weights: the mean of many draws of the sampler (its centre), so every
+    # evaluation scores the same mixture and the best step is chosen on a deterministic loss
+    eval_rng = np.random.default_rng(seed + 1_000_003)
+    eval_weights = np.mean([sampler(eval_rng) for _ in range(256)], axis=0)
     device = default_device()  # the latents, both states and the batches live on the GPU when there is one
     latents = [{s.name: (torch.eye(s.dim) + 0.01 * torch.randn(s.dim, s.dim, generator=generator))
                 .to(device).requires_grad_() for s in spec} for _ in states_b]
-    template = circuit_form(canon_a) if cfg.get("circuits", True) else canon_a
+    template = circuit_form(canon_a) if options.circuits else canon_a
     layout, circuit_layout = layout_for(canon_a), layout_for(template)
     to_space = (lambda sd: circuit_state_dict(sd, layout, circuit_layout)) if template is not canon_a else (lambda sd: sd)
     state_a = {k: v.to(device) for k, v in _state(template).items()}
     states_b = [{k: v.to(device) for k, v in sb.items()} for sb in states_b]
     template.to(device)
     floats = [k for k, v in state_a.items() if v.is_floating_point()]
-    params = [z for group in latents for z in group.values()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
-    history = []
-    template.train(cfg.get("dropout", False))
-    for step in tqdm(range(cfg.get("steps", 200)), desc="learned matching", disable=not progress, mininterval=2.0):
-        weights = sampler(rng)
-        aligned = [to_space(apply(spec, sb, project(z, groups))) for sb, z in zip(states_b, latents)]
+    orth = [z for group in latents for n, z in group.items() if groups[n] == "orth"]
+    perm = [z for group in latents for n, z in group.items() if groups[n] == "perm"]
+    optimizers = [torch.optim.AdamW(orth, lr=options.lr, weight_decay=options.weight_decay)] if orth else []
+    optimizers += [torch.optim.SGD(perm, lr=options.perm_lr, weight_decay=options.weight_decay)] if perm else []
+    total = options.total_steps(_train_examples(task))
+    schedule = warmup_cosine(max(1, int(options.warmup_frac * total)), total)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
+    val_data = task.eval_tensors("val", options.val_examples)
+
+    def mixture(weights, hard: bool) -> dict[str, Tensor]:
+        aligned = [to_space(apply(spec, sb, project(z, groups) if not hard else
+                                  {n: (p.detach() if p.is_floating_point() else perm_matrix(p, dtype=z[n].dtype)
+                                       .to(device)) for n, p in _hard(z, groups).items()}))
+                   for sb, z in zip(states_b, latents)]
         mixed = dict(state_a)
         for k in floats:
             mixed[k] = weights[0] * state_a[k] + sum(w * sd[k] for w, sd in zip(weights[1:], aligned))
-        x, y = task.train_batch(step, cfg.get("batch_size", 32), seed)
+        return mixed
+
+    def validate() -> float:
+        template.eval()
+        with torch.no_grad():
+            return evaluate(BoundModel(template, mixture(eval_weights, hard=True)), task, val_data,
+                            options.eval_batch_size, device)["loss"]
+
+    start = [_hard(z, groups) for z in latents]
+    best = {"val_loss": validate(), "step": 0, "element": start}
+    history, bad_evals, stopped_early = [{"step": 0, "val_loss": best["val_loss"]}], 0, False
+    for step in tqdm(range(total), desc="learned matching", disable=not progress, mininterval=2.0):
+        template.train(options.dropout)
+        weights = sampler(rng)
+        x, y = task.train_batch(step, options.batch_size, seed)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device):
-            loss_sum, _, n = task.score(BoundModel(template, mixed), x, y)
+            loss_sum, _, n = task.score(BoundModel(template, mixture(weights, hard=False)), x, y)
         loss = loss_sum / n
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        history.append({"step": step, "weights": weights.round(4).tolist(), "loss": loss.item()})
-        if step % 50 == 0:
-            log.info("learned matching step %d: loss %.4f at weights %s", step, loss.item(), weights.round(3))
+        with torch.no_grad():  # permutation steps in units of the gradient's RMS: see the module docstring
+            for z in perm:
+                z.grad /= z.grad.pow(2).mean().sqrt().clamp_min(1e-30)
+        for optimizer, scheduler in zip(optimizers, schedulers):
+            optimizer.step()
+            scheduler.step()
+        record = {"step": step + 1, "weights": weights.round(4).tolist(), "loss": loss.item()}
+        if (step + 1) % options.eval_every == 0 or step + 1 == total:
+            record["val_loss"] = validate()
+            log.info("learned matching step %d: train loss %.4f, val loss %.4f", step + 1, loss.item(), record["val_loss"])
+            if record["val_loss"] < best["val_loss"]:
+                best, bad_evals = {"val_loss": record["val_loss"], "step": step + 1,
+                                   "element": [_hard(z, groups) for z in latents]}, 0
+            else:
+                bad_evals += 1
+        history.append(record)
+        if options.patience is not None and bad_evals >= options.patience:
+            stopped_early = True
+            log.info("learned matching: early stop at step %d (best step %d)", step + 1, best["step"])
+            break
     template.cpu()
-    with torch.no_grad():
-        aligned = [apply(spec, sb, {n: p.detach() for n, p in project(z, groups).items()})
-                   for sb, z in zip(states_b, latents)]
-    return [{k: v.cpu() for k, v in sd.items()} for sd in aligned], history
+    aligned, per_space = [], {}
+    for sb, first, chosen in zip(states_b, start, best["element"]):
+        element = {n: (p if p.is_floating_point() else perm_matrix(p, dtype=torch.float32)) for n, p in chosen.items()}
+        aligned.append({k: v.cpu() for k, v in apply(spec, {k: v.cpu() for k, v in sb.items()}, element).items()})
+        for name, value in moved(first, chosen, groups).items():
+            per_space[name] = per_space.get(name, 0) + value
+    record = {**summarise_moves(per_space, groups), "val_loss": best["val_loss"], "best_step": best["step"],
+              "start_val_loss": history[0]["val_loss"], "steps_run": history[-1]["step"], "max_steps": total,
+              "stopped_early": stopped_early, "moved": per_space}
+    log.info("learned matching: best step %d (val %.4f, start %.4f); moved heads %d, mlp %d, residual %.3g",
+             best["step"], best["val_loss"], record["start_val_loss"], record["moved_heads"], record["moved_mlp"],
+             record["residual_shift"])
+    return LearnedRun(aligned, history, record)
+
+
+def learn_alignment(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, options: LearningOptions, seed: int,
+                    residual: str = "orth", sampler=None, progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """`train_latents`, returning only (aligned states, history)."""
+    run = train_latents(canon_a, states_b, task, options, seed, residual, sampler, progress)
+    return run.states, run.history
 
 
 def _learned(model_a: nn.Module, model_b: nn.Module, context: MatchContext, residual: str, init: str) -> Alignment:
     if context.task is None:
         raise ValueError("learned matching trains on data: pass a task in the MatchContext")
-    cfg = context.config
+    cfg = context.options
     if init == "weight_matching":
-        canon_a, aligner = glmc_weight_matching_states(model_a, model_b, cfg.get("iterations", 15), residual,
-                                                       cfg.get("mlp_cost", "l1"))
+        canon_a, aligner = glmc_weight_matching_states(model_a, model_b, cfg.iterations, residual, cfg.mlp_cost)
         state_b = aligner.state_b
     else:
         canon_a, state_b = ensure_canonical(model_a), _state(ensure_canonical(model_b))
-    (state_b,), history = learn_alignment(canon_a, [state_b], context.task, cfg, context.seed, residual)
-    final = history[-1]["loss"] if history else None
-    return finish(canon_a, state_b, cfg.get("circuits", True), {"init": init, "residual": residual,
-                                                                 "final_train_loss": final})
+    run = train_latents(canon_a, [state_b], context.task, cfg, context.seed, residual)
+    return finish(canon_a, run.states[0], cfg.circuits, {"init": init, "residual": residual,
+                                                         "final_train_loss": run.history[-1].get("loss"),
+                                                         **run.record})
 
 
-@register("learned_full")
+@register("learned_full", options=LearnedFromMatchingOptions)
 def learned_full(model_a, model_b, context):
     """GLMC learned matching: orthogonal residual, STE head/MLP permutations, from the WM solution."""
     return _learned(model_a, model_b, context, "orth", "weight_matching")
 
 
-@register("learned_perm_only")
+@register("learned_perm_only", options=LearnedFromMatchingOptions)
 def learned_perm_only(model_a, model_b, context):
     """Ablation: learned matching restricted to permutations (residual included)."""
     return _learned(model_a, model_b, context, "perm", "weight_matching")
 
 
-@register("learned_identity_init")
+@register("learned_identity_init", options=LearnedOptions)
 def learned_identity_init(model_a, model_b, context):
     """Ablation: learned matching started from the identity instead of the WM solution."""
     return _learned(model_a, model_b, context, "orth", "identity")
