@@ -41,3 +41,4 @@ rule all:
         rules.ace_tables.output,
         rules.ace_figures.output,
         rules.claims.output,
+        rules.timing.output,

@@ -278,3 +278,26 @@ def test_smoke_run_matches_the_golden_tables(smoke_run):
         golden.update_golden(results)
     problems = golden.check(results)
     assert not problems, "\n".join(problems[:30])
+
+
+# ----------------------------------------------------------------------------- wall-clock seconds
+def test_timing_table_collects_both_provenance_forms(tmp_path):
+    import json
+
+    from lmcbench.timing import COLUMNS, timing_table
+
+    ace, moe = tmp_path / "ace" / "nbody", tmp_path / "moe" / "sweep" / "vit" / "dense" / "n2" / "first"
+    for folder in (ace, moe):
+        folder.mkdir(parents=True)
+    (ace / "records.csv").write_text("x\n")
+    (moe / "barriers.csv").write_text("x\n")
+    (ace / "provenance.json").write_text(json.dumps({"run_id": "a1", "timing": [
+        {"experiment": "accuracy", "task": "nbody", "method": "strict", "seed": s, "metric": "train_seconds",
+         "value": 1.5 + s} for s in (0, 1)]}))
+    (moe / "provenance.json").write_text(json.dumps({"run_id": "m1", "timing": {"finetune_s": 3.0, "align_s": 2.0}}))
+    table = timing_table([ace / "records.csv", moe / "barriers.csv"], tmp_path / "timing.csv", results=tmp_path)
+    assert list(table.columns) == COLUMNS and len(table) == 4
+    got = {(r.source, r.what, None if pd.isna(r.seed) else int(r.seed)): r.seconds for r in table.itertuples()}
+    assert got == {("ace/nbody", "train", 0): 1.5, ("ace/nbody", "train", 1): 2.5,
+                   ("moe/sweep/vit/dense/n2/first", "align", None): 2.0,
+                   ("moe/sweep/vit/dense/n2/first", "finetune", None): 3.0}

@@ -93,7 +93,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         jobs["ace_tables"] = jobs["ace_figures"] = 1
         if "nbody" in config["ace"]["tasks"]:
             jobs["ace_nbody_data"] = 1
-    jobs["claims"] = 1   # the claims ledger, after the track tables
+    jobs["claims"] = jobs["timing"] = 1   # the claims ledger after the track tables; wall-clock seconds
     return jobs
 
 
@@ -278,6 +278,11 @@ def test_full_smoke_workflow(smoke_run):
     assert "\\begin{tabular}" in tex
     for method in config["glmc"]["methods"]:
         assert method.replace("_", "\\_") in tex  # LaTeX-escaped
+
+    # wall-clock seconds only in timing.csv: the result tables are the same bytes for the same seed
+    assert "train_seconds" not in set(pd.read_csv(tables / "ace_results.csv")["metric"])
+    timing = pd.read_csv(tables / "timing.csv")
+    assert {"ace/image", "ace/nbody"} <= set(timing["source"]) and (timing["seconds"] > 0).all()
 
     # the claims ledger: every column, and at least 4 claims per paper that the smoke profile can judge
     ledger = pd.read_csv(tables / "claims.csv")

@@ -30,6 +30,7 @@ from lmcbench.training import seed_everything
 
 log = logging.getLogger(__name__)
 EXPERIMENTS = ("accuracy", "sample_efficiency", "partial_symmetry", "robustness", "dual_lr")
+TIMING_METRICS = ("train_seconds",)   # wall-clock records: provenance.json only, never records.csv
 
 
 # --------------------------------------------------------------------------- tasks
@@ -227,13 +228,18 @@ def experiment_runs(experiment: str, task_name: str, cfg: dict, nbody_files: dic
 
 
 def _write_tables(out_dir: Path, records, trajs, curves, job: dict, rid: str) -> pd.DataFrame:
+    """records.csv without wall-clock rows (same seed, same bytes); those go to provenance.json "timing"
+    (results/tables/timing.csv collects them)."""
     table = pd.DataFrame(records)
+    clock = table["metric"].isin(TIMING_METRICS)
+    timing, table = table[clock], table[~clock].reset_index(drop=True)
     write_csv(table, out_dir / "records.csv")
     write_csv(pd.DataFrame(trajs, columns=["experiment", "task", "regime", "perturbation", "dual_lr", "run_id",
                                            "method", "seed", "n_train", "step", "layer", "gamma", "lambda", "u"]),
               out_dir / "trajectories.csv")
     write_csv(pd.DataFrame(curves), out_dir / "curves.csv")
-    write_json(out_dir / "provenance.json", {**provenance(job, None), "run_id": rid})
+    write_json(out_dir / "provenance.json", {**provenance(job, None), "run_id": rid,
+                                             "timing": timing.to_dict("records")})
     return table
 
 

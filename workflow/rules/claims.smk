@@ -31,3 +31,26 @@ rule claims:
         gpu=0,
     script:
         "../scripts/claims.py"
+
+
+# Wall-clock seconds of the jobs that time themselves (ACE training runs, MoE fine-tuning and alignment),
+# kept out of the result tables (lmcbench.timing); per-rule times are in benchmarks/ (`lmcbench bench rules`).
+rule timing:
+    input:
+        ACE_RECORDS,
+        MOE_OUTPUTS,
+    output:
+        f"{RESULTS}/tables/timing.csv",
+    log:
+        f"{RESULTS}/logs/timing.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/timing.tsv"
+    params:
+        results=RESULTS,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+        gpu=0,
+    script:
+        "../scripts/timing.py"
