@@ -167,7 +167,8 @@ def arm_values(frame: pd.DataFrame, claim: dict, arm: str) -> pd.Series:
 
 
 def _scope_key(values) -> str:
-    return "/".join(str(v) for v in values)
+    """'vit', 'vit/dense/4/first', '0/1': integral floats (a column with NaNs elsewhere) printed as integers."""
+    return "/".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in values)
 
 
 def evaluate_claim(claim: dict, table: pd.DataFrame, profile: str) -> list[dict]:
@@ -177,10 +178,12 @@ def evaluate_claim(claim: dict, table: pd.DataFrame, profile: str) -> list[dict]
             "profile": profile, "metric": metric_text(claim), "comparison": f"{claim['op']} {claim['threshold']:g}",
             "paper_source": claim.get("paper_source", ""), "table": claim["table"], "basis": claim.get("basis", "")}
     arms = "; ".join(f"{arm}: {_describe(claim[arm]) or 'all rows'}" for arm in ("a", "b") if arm in claim)
-    rows_text = "{}; " + f"{arms}; paired on {', '.join(claim['pair_on'])}"
     filter_text = _describe(claim.get("filter"))
+
+    def rows_text(scope_text: str = "") -> str:
+        return f"{', '.join(t for t in (filter_text, scope_text) if t)}; {arms}; paired on {', '.join(claim['pair_on'])}"
     if len(table) == 0:
-        return [{**base, "scope": "", "n": 0, "verdict": "not run", "rows": rows_text.format(filter_text),
+        return [{**base, "scope": "", "n": 0, "verdict": "not run", "rows": rows_text(),
                  "note": f"{claim['table']} is empty or absent in this run"}]
     a = arm_values(table, claim, "a")
     b = arm_values(table, claim, "b") if "b" in claim else None
@@ -217,7 +220,7 @@ def evaluate_claim(claim: dict, table: pd.DataFrame, profile: str) -> list[dict]
                     "paper_value": paper if paper is not None else float("nan"),
                     "verdict": verdict(low, high, n, claim["op"], claim["threshold"]),
                     "note": "; ".join(notes),
-                    "rows": rows_text.format(", ".join(t for t in (filter_text, scope_text) if t)),
+                    "rows": rows_text(scope_text),
                     "units": " ".join(unit_names)})
     return out
 

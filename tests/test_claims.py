@@ -301,3 +301,65 @@ def test_timing_table_collects_both_provenance_forms(tmp_path):
     assert got == {("ace/nbody", "train", 0): 1.5, ("ace/nbody", "train", 1): 2.5,
                    ("moe/sweep/vit/dense/n2/first", "align", None): 2.0,
                    ("moe/sweep/vit/dense/n2/first", "finetune", None): 3.0}
+
+
+def test_shipped_ace_and_moe_claims_on_tables_shaped_like_the_runs(tmp_path):
+    """Records with the columns the ACE and MoE jobs write, through a CSV round trip (bool and NaN cells):
+    every ACE and MoE claim finds its units."""
+    rng = np.random.default_rng(0)
+    methods = ("strict", "triangle_schedule", "ace_equality", "ace_resilient")
+    rows = []
+    for (exp, regime, n_trains, pert), task, method, seed in itertools.product(
+            [("accuracy", "sym", [64], 0.0), ("sample_efficiency", "sym", [32, 64], 0.0),
+             ("partial_symmetry", "part", [64], 0.0), ("robustness", "sym", [64], 0.5)],
+            ("image", "nbody"), methods, (0, 1, 2)):
+        for n_train in n_trains:
+            head = "eq" if method in ("strict", "triangle_schedule", "ace_equality") else "mixed"
+            for ev in ({"eq", head} if method.startswith("ace") else {head}):
+                base = {"experiment": exp, "task": task, "regime": regime, "perturbation": pert, "dual_lr": 0.1,
+                        "run_id": "r", "method": method, "seed": seed, "n_train": n_train, "eval": ev,
+                        "headline": ev == head}
+                metric = "accuracy" if task == "image" else "mse"
+                rows += [{**base, "split": "test", "metric": metric, "layer": "", "value": rng.uniform(0.1, 0.9)},
+                         {**base, "split": "test", "metric": "equiv_err", "layer": "output",
+                          "value": 0.0 if ev == "eq" else 0.1}]
+    results_path = tmp_path / "ace_results.csv"
+    pd.DataFrame(rows).to_csv(results_path, index=False)
+    traj = pd.DataFrame([{"experiment": exp, "task": t, "method": m, "seed": s, "step": step, "layer": layer,
+                          "gamma": 1.0 / (1 + step), "lambda": 0.0, "u": np.nan}
+                         for exp, m in (("accuracy", "ace_equality"), ("partial_symmetry", "ace_resilient"))
+                         for t in ("image", "nbody") for s in (0, 1, 2) for step in (0, 50, 99)
+                         for layer in ("l0", "l1")])
+    curves = pd.DataFrame([{"experiment": "accuracy", "task": "nbody", "method": m, "seed": s, "step": 6 * e,
+                            "epoch": e, "eval": "eq", "split": "val", "metric": "mse", "value": rng.uniform()}
+                           for m in ("strict", "ace_equality") for s in (0, 1, 2) for e in (1, 2, 3)])
+    moe = barrier_table({"naive": [1.0, 1.2, 0.9], "expert_wm": [0.2, 0.3, 0.25], "gate_wm": [0.3, 0.2, 0.4],
+                         "skip_order": [0.8, 0.9, 1.0]}).assign(experiment="sweep", gating="dense", n_experts=4,
+                                                                 placement="first")
+    moe = moe.assign(ratio_to_naive=moe["barrier"] / moe.groupby(["seed_a", "seed_b", "split", "metric"])["barrier"]
+                     .transform("max"))
+    ranks = moe[moe["method"].isin(["expert_wm", "gate_wm"]) & (moe["split"] == "test")].assign(
+        rank=2, n_orders=24, scaled_excess=3.0)
+    tables = {"ace_results.csv": pd.read_csv(results_path), "ace_trajectories.csv": traj, "ace_curves.csv": curves,
+              "moe_barriers.csv": moe, "moe_order_ranks.csv": ranks, "glmc_barriers.csv": pd.DataFrame()}
+    out = C.evaluate(C.load_claims(), tables, profile="shaped").set_index(["claim", "scope"])
+    ace = out[out["paper"] == "ACE"]
+    assert (ace["verdict"] != "not run").all(), ace[["verdict", "note"]]
+    assert len(out.loc["ace.C1"]) == 2   # per task
+    assert out.loc[("ace.C5a", "task=image"), "n"] == 6 and out.loc[("ace.C3b", "task=nbody"), "n"] == 3
+    assert out.loc[("ace.C7", "task=image"), "n"] == 3
+    for task in ("image", "nbody"):
+        assert out.loc[("ace.C2", f"task={task}"), "verdict"] == "holds"
+        assert out.loc[("ace.C2", f"task={task}"), "ours_mean"] == 0.0
+        assert out.loc[("ace.C1", f"task={task}"), "ours_mean"] == pytest.approx(0.01)   # |γ| at step 99
+    scope = "model=vit, gating=dense, n_experts=4, placement=first"
+    assert out.loc[("moe.C6a", scope), "verdict"] == "holds" and out.loc[("moe.C9", scope), "verdict"] == "holds"
+    assert out.loc[("moe.C8c", "model=vit, gating=dense, n_experts=4"), "n"] == 3
+    assert out.loc["moe.C7", "verdict"].tolist() == ["not run"]   # no last-layer rows
+
+
+def test_units_print_as_integers_when_other_experiments_leave_nan_seeds():
+    table = barrier_table({"wm": [0.1, 0.2, 0.1], "vanilla": [1.0, 1.1, 1.2]})
+    multi = table.iloc[:1].assign(experiment="multi_model", seed_a=np.nan, seed_b=np.nan, seeds="0-1-2")
+    row = ledger(claim(), pd.concat([table, multi], ignore_index=True)).iloc[0]
+    assert row["units"] == "0/1 0/2 1/2" and row["n"] == 3
