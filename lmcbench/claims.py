@@ -161,9 +161,14 @@ def arm_values(frame: pd.DataFrame, claim: dict, arm: str) -> pd.Series:
     sizes = grouped.size()
     if (sizes > 1).any():
         unit = sizes[sizes > 1].index[0]
-        raise ValueError(f"{where}: {int(sizes.max())} rows for the unit {dict(zip(keys, np.atleast_1d(unit)))}; "
+        raise ValueError(f"{where}: {int(sizes.max())} rows for the unit {dict(zip(keys, _key(unit)))}; "
                          f"add a filter (or `reduce`) so each unit has one row")
     return grouped.first().astype(float)
+
+
+def _key(index_value) -> tuple:
+    """A groupby index value as a tuple (a single key is a scalar), types kept."""
+    return index_value if isinstance(index_value, tuple) else (index_value,)
 
 
 def _scope_key(values) -> str:
@@ -194,16 +199,16 @@ def evaluate_claim(claim: dict, table: pd.DataFrame, profile: str) -> list[dict]
         with np.errstate(divide="ignore", invalid="ignore"):
             stat = joined["a"] - joined["b"] if claim["stat"] == "difference" else joined["a"] / joined["b"]
         units = stat.replace([np.inf, -np.inf], np.nan).to_frame("stat")
-    scopes = sorted({_scope_key(np.atleast_1d(k)[:len(per)]) for k in
+    scopes = sorted({_scope_key(_key(k)[:len(per)]) for k in
                      list(a.index) + (list(b.index) if b is not None else [])}) or [""]
     out = []
     for scope in scopes:
-        mine = units.loc[np.array([_scope_key(np.atleast_1d(k)[:len(per)]) == scope for k in units.index], bool)]
+        mine = units.loc[np.array([_scope_key(_key(k)[:len(per)]) == scope for k in units.index], bool)]
         dropped = int(mine["stat"].isna().sum())
         values = mine["stat"].dropna()
         mean, low, high = t_interval(values.to_numpy())
         n = len(values)
-        unit_names = [_scope_key(np.atleast_1d(k)[len(per):]) for k in values.index]
+        unit_names = [_scope_key(_key(k)[len(per):]) for k in values.index]
         paper = claim.get("paper_value")
         paper = paper.get(scope) if isinstance(paper, dict) else paper
         notes = []
