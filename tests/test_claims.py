@@ -363,3 +363,33 @@ def test_units_print_as_integers_when_other_experiments_leave_nan_seeds():
     multi = table.iloc[:1].assign(experiment="multi_model", seed_a=np.nan, seed_b=np.nan, seeds="0-1-2")
     row = ledger(claim(), pd.concat([table, multi], ignore_index=True)).iloc[0]
     assert row["units"] == "0/1 0/2 1/2" and row["n"] == 3
+
+
+# ----------------------------------------------------------------------------- the commands
+def test_cli_claims_readme_and_golden(tmp_path, capsys):
+    from lmcbench import cli, readme
+
+    run = synthetic_run(tmp_path / "results")
+    barrier_table({"vanilla": [1.0, 1.2, 0.9], "glmc_weight_matching": [0.2, 0.3, 0.25]}).to_csv(
+        run / "tables" / "glmc_barriers.csv", index=False)
+    assert cli.main(["claims", "--results", str(run), "--profile", "cli"]) == 0
+    ledger = pd.read_csv(run / "tables" / "claims.csv")
+    assert set(ledger["profile"]) == {"cli"} and (run / "tables" / "claims.tex").exists()
+    assert ledger.set_index("claim").loc["glmc.C1", "verdict"] == "holds"
+
+    page = tmp_path / "README.md"
+    page.write_text("intro\n<!-- BEGIN GENERATED: tiny -->\nold\n<!-- END GENERATED -->\nend\n")
+    assert cli.main(["readme", "--results", str(run), "--splice", str(page), "--name", "tiny"]) == 0
+    assert readme.blocks(page.read_text())["tiny"] == readme.render(run)
+    assert cli.main(["readme", "--results", str(run), "--out", str(tmp_path / "run.md")]) == 0
+    assert (tmp_path / "run.md").read_text() == readme.render(run)
+
+    gold = tmp_path / "golden"
+    assert cli.main(["golden", "--results", str(run), "--golden", str(gold), "--update"]) == 0
+    assert cli.main(["golden", "--results", str(run), "--golden", str(gold)]) == 0
+    moved = pd.read_csv(gold / "claims.csv")
+    moved.loc[0, "ours_mean"] += 1e-9   # any moved number is a difference
+    moved.to_csv(gold / "claims.csv", index=False)
+    capsys.readouterr()
+    assert cli.main(["golden", "--results", str(run), "--golden", str(gold)]) == 1
+    assert "claims.csv" in capsys.readouterr().out
