@@ -3,6 +3,7 @@
   lmcbench train --config workflow/config/default.yaml --model vit --seed 0 --out results/models/vit/seed0
   lmcbench align A_DIR B_DIR --method vanilla --dataset mnist5k --out results/my_pair
   lmcbench matchers
+  lmcbench config --profile paper [--key glmc.matchers]
   lmcbench compare results/tables tests/golden/smoke
   lmcbench bench rules | matching | matching-scale | throughput
   lmcbench claims --results results --profile default
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for numeric cells")
     p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance for numeric cells")
 
+    p = sub.add_parser("config", help="print a profile's effective configuration: merged over default.yaml as "
+                                      "Snakemake merges it, and checked (schema, matcher options)")
+    p.add_argument("--profile", default="default", help="a profile name (workflow/config/NAME.yaml) or a YAML path")
+    p.add_argument("--key", help="print only this dotted key, e.g. glmc.matchers or models.gpt2")
+
     p = sub.add_parser("matchers", help="list registered matchers")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE", help="load a plugin first")
 
@@ -163,6 +169,17 @@ def _run(args, parser) -> int:
         differences, notes = compare_dirs(args.run, args.reference, rtol=args.rtol, atol=args.atol)
         print("\n".join(notes + differences + [f"{len(differences)} differences" if differences else "tables match"]))
         return 1 if differences else 0
+    if args.command == "config":
+        from lmcbench.config import ROOT, load_profile
+
+        named = ROOT / "workflow" / "config" / f"{args.profile}.yaml"
+        config = load_profile(named if named.is_file() else args.profile)
+        for part in (args.key.split(".") if args.key else []):
+            if not isinstance(config, dict) or part not in config:
+                raise KeyError(f"--key {args.key}: no {part!r} in the effective config")
+            config = config[part]
+        print(yaml.safe_dump(config, sort_keys=False, width=120), end="")
+        return 0
     if args.command == "matchers":
         from lmcbench.matchers import MATCHERS
 

@@ -126,7 +126,8 @@ def pairs_job(pairs: list[tuple[str | Path, str | Path]], out_dir: str | Path, m
         keys = {"method": method, "seed_a": info_a["seed"], "seed_b": info_b["seed"], **(labels or {}), **extra,
                 "run_id": rid}
         curves.append(curve.assign(**keys))
-        tables.append(barriers(curve).assign(**keys))
+        # a matcher's per-run columns (learned matching: units moved, chosen validation loss) join its rows
+        tables.append(barriers(curve).assign(**keys, **alignment.info.get("columns", {})))
         infos.append({"a": str(ckpt_a), "b": str(ckpt_b), "form": alignment.form, **alignment.info})
         log.info("%s s%s-s%s: %s", method, info_a["seed"], info_b["seed"],
                  tables[-1][["split", "metric", "barrier", "barrier_midpoint"]].to_string(index=False))

@@ -112,6 +112,14 @@ def glmc_section(summary: pd.DataFrame) -> str:
     out = [f"**GLMC** — test-split chord barriers, mean ± std over seed pairs ({n} pairs); paper: GLMC Table 1 "
            "on the paper's dataset for the model family (`paper_dataset` in glmc_summary.csv).\n",
            _md(table.reset_index())]
+    if "moved_mlp_mean" in pair:   # learned matching: how far the discrete assignments moved from their start
+        moved = pair[(pair["metric"] == "loss") & pair["moved_mlp_mean"].notna()]
+        if len(moved):
+            out += ["\nLearned matching, mean over pairs: head and MLP units whose assignment moved from the start "
+                    "(WM solution or identity), the residual map's distance from its start, and the validation "
+                    "loss of the chosen step:\n",
+                    _md(moved[["model", "method", "moved_heads_mean", "moved_mlp_mean", "residual_shift_mean",
+                               "matching_val_loss_mean"]].round(3))]
     other = test[(test["experiment"] != "pairwise") & (test["metric"] == "loss")]
     if len(other):
         rows = other.assign(barrier=[_pm(m, s, 2) for m, s in zip(other["barrier_mean"], other["barrier_std"])])

@@ -46,13 +46,19 @@ def concat_csv(paths: Iterable[str | Path], out: str | Path | None = None) -> pd
     return frame
 
 
+# per-run columns some matchers add (learned matching: units moved from the start, chosen validation loss)
+MATCHING_COLUMNS = ("moved_heads", "moved_mlp", "residual_shift", "matching_val_loss")
+
+
 def summarise_barriers(barriers: pd.DataFrame, keys=("model", "dataset", "method", "split", "metric")) -> pd.DataFrame:
-    """Mean ± std of both barrier definitions over seed pairs."""
+    """Mean ± std of both barrier definitions over seed pairs, and the mean of any MATCHING_COLUMNS
+    the records carry (empty for matchers that do not report them)."""
     keys = list(keys)
     grouped = barriers.groupby(keys, sort=True)
+    extra = {f"{c}_mean": (c, "mean") for c in MATCHING_COLUMNS if c in barriers}
     summary = grouped.agg(n_pairs=("barrier", "size"), barrier_mean=("barrier", "mean"),
                           barrier_std=("barrier", "std"), midpoint_mean=("barrier_midpoint", "mean"),
-                          midpoint_std=("barrier_midpoint", "std")).reset_index()
+                          midpoint_std=("barrier_midpoint", "std"), **extra).reset_index()
     return summary.fillna({"barrier_std": 0.0, "midpoint_std": 0.0})
 
 

@@ -12,10 +12,14 @@ setting (1e-3, 100 steps) no assignment can ever change and the permutation part
 matching is the WM solution by construction (measured: 0 units moved). The gradient the STE
 passes to Z_perm is, for a loss locally quadratic around A, (1−c)²·(W_Bᵀ W_B P − W_Bᵀ W_A): its
 accumulation is the weight-matching similarity, so Hungarian(Z) follows the data-driven match once
-Z can move that far [inferred]. So the permutation latents get their own learning rate `perm_lr`,
-sized to that latent scale (Σ_t perm_lr_t ≳ 1 over the schedule) [inferred; deviation from the
-official code, which uses one lr]; the orthogonal residual keeps `lr` (polar(Z) turns by ~lr a step,
-already the scale of the corrections GLMC reports [secondary]). Everything else is the official
+Z can move that far [inferred]. So the permutation latents take their own steps: plain SGD on the
+gradient scaled so that its largest entry is `perm_lr` — no entry moves by more than perm_lr a step,
+the entries with the strongest evidence move at that rate, and Σ_t perm_lr_t bounds any entry's
+total change, so a profile sizes it against the flip margin ~1 (Σ_t perm_lr_t ≈ 1–2) [inferred;
+deviation from the official code, which uses one Adam lr: Adam's per-entry normalisation moves
+every entry by ~lr whatever its evidence, so at a flip-sized lr noise can flip units as readily
+as the loss]. The orthogonal residual keeps AdamW at `lr` (polar(Z) turns
+by ~lr a step, the scale of the corrections GLMC reports [secondary]). Everything else is the official
 schedule: AdamW with weight decay on the latents, linear warm-up then cosine decay, up to `steps`
 (or `epochs` over the train split), evaluation every `eval_every` steps on the validation split at
 fixed mixture weights, early stopping after `patience` evaluations without improvement, and the
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -210,9 +214,9 @@ def train_latents(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, o
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        with torch.no_grad():  # permutation steps in units of the gradient's RMS: see the module docstring
+        with torch.no_grad():  # no permutation latent moves by more than perm_lr a step: see the module docstring
             for z in perm:
-                z.grad /= z.grad.pow(2).mean().sqrt().clamp_min(1e-30)
+                z.grad /= z.grad.abs().max().clamp_min(1e-30)
         for optimizer, scheduler in zip(optimizers, schedulers):
             optimizer.step()
             scheduler.step()
@@ -263,9 +267,12 @@ def _learned(model_a: nn.Module, model_b: nn.Module, context: MatchContext, resi
     else:
         canon_a, state_b = ensure_canonical(model_a), _state(ensure_canonical(model_b))
     run = train_latents(canon_a, [state_b], context.task, cfg, context.seed, residual)
+    columns = {k: run.record[k] for k in ("moved_heads", "moved_mlp", "residual_shift")}
+    columns["matching_val_loss"] = run.record["val_loss"]
     return finish(canon_a, run.states[0], cfg.circuits, {"init": init, "residual": residual,
                                                          "final_train_loss": run.history[-1].get("loss"),
-                                                         **run.record})
+                                                         "options": asdict(cfg), **run.record,
+                                                         "columns": columns})
 
 
 @register("learned_full", options=LearnedFromMatchingOptions)
