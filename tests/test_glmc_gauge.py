@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmcbench.canonical import canonicalize
+from lmcbench.canonical import canonicalize, embed_like
 from lmcbench.data import Dataset
 from lmcbench.matchers import MATCHERS, MatchContext
 from lmcbench.matchers.universe import universe_matching
@@ -159,3 +159,17 @@ def test_token_frequency_filter_ignores_rows_of_unseen_tokens():
         _, aligner = glmc_weight_matching_states(a, b, iterations=3, tokens=tokens)
         errors[tokens is None] = (aligner.element["residual"].double() - planted["residual"].double().T).norm().item()
     assert errors[False] <= 1e-5 and errors[True] > 1e-2, errors
+
+
+def test_width_heterogeneous_pair_with_different_mlp_widths():
+    """GLMC §5's official setting in miniature: residual widths 30 vs 60 with one MLP width (the
+    narrow model's MLP ratio is twice the wide one's). The narrow model is embedded exactly, weight
+    matching aligns it, and the path's endpoints are exactly the wide and the narrow model."""
+    narrow = tiny_gpt2(0, depth=2, width=30, heads=3, inner=64, tied=False)
+    wide = tiny_gpt2(1, depth=2, width=60, heads=3, inner=64, tied=False)
+    canon_wide = canonicalize(wide)
+    embedded = embed_like(canonicalize(narrow), canon_wide, generator=torch.Generator().manual_seed(0))
+    alignment = MATCHERS["glmc_weight_matching"](canon_wide, embedded, MatchContext(None, {}, 0))
+    x = inputs_for("gpt2")
+    assert_same_function(run(wide, x), outputs(alignment.template, alignment.state_a, x), rtol=1e-5)
+    assert_same_function(run(narrow, x), outputs(alignment.template, alignment.state_b, x), rtol=1e-5)
