@@ -30,7 +30,7 @@ from lmcbench.canonical import RMSNorm, canonicalize
 from lmcbench.checkpoints import FORMS
 from lmcbench.data import Dataset
 from lmcbench.matchers import MATCHERS, OPTIONS, Alignment, MatchContext, get_matcher, register
-from lmcbench.matchers.assignment import match_units, procrustes, unit_features
+from lmcbench.matchers.assignment import match_units, orthogonal_from_gram, unit_features
 from lmcbench.matchers.learned import polar, ste_permutation
 from lmcbench.matchers.weight_matching import glmc_weight_matching_states, permutation_weight_matching
 from lmcbench.symmetry import apply, perm_matrix, random_orthogonal, sample_element, spec_for
@@ -343,18 +343,18 @@ def test_procrustes_recovers_planted_orthogonal_map():
     feats_a = torch.randn(d, 30, generator=gen, dtype=torch.float64)
     O = random_orthogonal(d, gen, dtype=torch.float64)
     feats_b = O.T @ feats_a  # what a writer map x -> x O does to units-first features
-    found = procrustes(feats_a, feats_b)
+    found = orthogonal_from_gram(feats_a @ feats_b.T)
     assert torch.allclose(found, O.T, atol=1e-10)
     assert torch.allclose(found.T @ feats_b, feats_a, atol=1e-10)
     assert torch.allclose(found @ found.T, torch.eye(d, dtype=torch.float64), atol=1e-12)
     # with noise the fit stays close to the truth
     noisy = feats_b + 1e-3 * torch.randn(d, 30, generator=gen, dtype=torch.float64)
-    assert (procrustes(feats_a, noisy) - O.T).norm() < 1e-2
+    assert (orthogonal_from_gram(feats_a @ noisy.T) - O.T).norm() < 1e-2
 
 
 def test_procrustes_on_residual_features_of_a_canonical_model():
     """unit_features of the residual move as Oᵀ F under x -> x O (writers, readers, norm offsets
-    alike), so procrustes on them returns exactly the inverse map."""
+    alike), so Procrustes on them returns exactly the inverse map."""
     a = canonicalize(make("gpt2-d1-w32-h2-tied"))
     spec = spec_for(a)
     O = random_orthogonal(32, torch.Generator().manual_seed(13), dtype=torch.float64)
@@ -362,7 +362,7 @@ def test_procrustes_on_residual_features_of_a_canonical_model():
     state_b = apply(spec.subset("residual"), state_a, {"residual": O})
     fa, fb = unit_features(spec["residual"], state_a), unit_features(spec["residual"], state_b)
     assert torch.allclose(fb, O.T @ fa, atol=1e-10)
-    assert torch.allclose(procrustes(fa, fb), O.T, atol=1e-8)
+    assert torch.allclose(orthogonal_from_gram(fa @ fb.T), O.T, atol=1e-8)
 
 
 @pytest.mark.parametrize("space_name", ["residual", "blocks.0.heads", "blocks.1.heads", "blocks.1.mlp"])

@@ -1,7 +1,7 @@
 """The two solvers every weight-space matcher is built from, and the per-unit views they act on.
 
 * `match_units`: a permutation from a linear assignment problem (scipy's Hungarian solver).
-* `procrustes`: the orthogonal map closest to aligning two sets of vectors (SVD).
+* `orthogonal_from_gram`: the orthogonal map closest to aligning two sets of vectors (SVD).
 
 Units-first views (`unit_features`) turn every parameter a space acts on into a matrix whose row j
 holds everything unit j reads or writes, so one solver serves residual coordinates, heads (blocks
@@ -43,14 +43,10 @@ def match_units(score: Tensor, maximize: bool = True) -> Tensor:
     return idx
 
 
-def procrustes(features_a: Tensor, features_b: Tensor) -> Tensor:
-    """Orthogonal O minimising ||F_A − Oᵀ F_B||_F for units-first features (rows are coordinates):
-    O = U Vᵀ from the SVD of F_B F_Aᵀ [official code `ortho_residual`]."""
-    return orthogonal_from_gram(features_a @ features_b.T)
-
-
 def orthogonal_from_gram(gram: Tensor) -> Tensor:
-    """`procrustes` given only the cross-Gram F_A F_Bᵀ, which is all it depends on (so features
-    may be summed as Grams without being materialised): O = U Vᵀ with U S Vᵀ the SVD of Gramᵀ."""
+    """Orthogonal Procrustes: the O minimising ||F_A − Oᵀ F_B||_F for units-first features (rows are
+    coordinates), given only their cross-Gram F_A F_Bᵀ, which is all it depends on (so feature blocks
+    may be summed as Grams without being materialised): O = U Vᵀ from the SVD of F_B F_Aᵀ
+    [official code `ortho_residual`]."""
     u, _, vh = torch.linalg.svd(gram.T)
     return u @ vh
