@@ -152,10 +152,32 @@ def summarise_moe(barriers: pd.DataFrame) -> pd.DataFrame:
     return summary.fillna({"barrier_std": 0.0})
 
 
+TESTABLE = {"routing_entropy": 0.8, "sim_matched": 0.5}  # issue 11: specialised routing, comparable experts
+
+
+def moe_testability(diagnostics: pd.DataFrame) -> pd.DataFrame:
+    """Per MoE configuration, the mean over seed pairs of every diagnostic (lmcbench.moe.diagnostics),
+    sim_matched (the better of gate_wm / expert_wm) and `testable`: routing entropy ≤ 0.8 and matched
+    experts correlating ≥ 0.5 across seeds, i.e. Step 1 has specialised experts to find."""
+    if diagnostics.empty:
+        return pd.DataFrame(columns=["testable"])
+    keys = [k for k in MOE_KEYS if k in diagnostics and k not in ("method", "split", "metric")]
+    numeric = [c for c in diagnostics.select_dtypes(include=["number", "bool"]).columns
+               if c not in keys + ["seed_a", "seed_b"]]
+    table = diagnostics.groupby(keys, sort=True)[numeric].mean().reset_index()
+    table.insert(len(keys), "n_pairs", diagnostics.groupby(keys, sort=True).size().to_numpy())
+    matched = [c for c in ("sim_gate_wm", "sim_expert_wm") if c in table]
+    table["sim_matched"] = table[matched].max(axis=1) if matched else float("nan")
+    table["testable"] = ((table["routing_entropy"] <= TESTABLE["routing_entropy"])
+                         & (table["sim_matched"] >= TESTABLE["sim_matched"]))
+    return table
+
+
 def moe_tables(barrier_files: Iterable[str | Path], outputs, reference: str | Path) -> pd.DataFrame:
-    """Write moe_barriers.csv, moe_curves.csv, moe_order_ranks.csv (from each job's curve.csv and
-    ranks.csv beside its barriers.csv), moe_summary.csv and moe_vs_paper.csv (published numbers
-    beside ours: test split, loss metric); `outputs` has those five names."""
+    """Write moe_barriers.csv, moe_curves.csv, moe_order_ranks.csv, moe_diagnostics.csv (from each
+    job's curve.csv, ranks.csv and diagnostics.csv beside its barriers.csv), moe_summary.csv,
+    moe_testability.csv and moe_vs_paper.csv (published numbers beside ours: test split, loss
+    metric); `outputs` has those seven names."""
     barrier_files = [Path(p) for p in barrier_files]
     barriers = concat_csv(barrier_files, _output(outputs, "barriers"))
     concat_csv([p.with_name("curve.csv") for p in barrier_files], _output(outputs, "curves"))
@@ -166,6 +188,9 @@ def moe_tables(barrier_files: Iterable[str | Path], outputs, reference: str | Pa
         _output(outputs, "order_ranks"))
     summary = summarise_moe(barriers)
     write_csv(summary, _output(outputs, "summary"))
+    diagnostics = concat_csv([p.with_name("diagnostics.csv") for p in barrier_files
+                              if p.with_name("diagnostics.csv").exists()], _output(outputs, "diagnostics"))
+    write_csv(moe_testability(diagnostics), _output(outputs, "testability"))
     test_loss = [frame[(frame["split"] == "test") & (frame["metric"] == "loss")] if len(frame) else frame
                  for frame in (barriers, read_csv(_output(outputs, "order_ranks")))]
     sources = {"rank": (test_loss[1], "rank"), "scaled_excess": (test_loss[1], "scaled_excess"),

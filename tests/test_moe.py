@@ -10,6 +10,7 @@ import torch
 
 from conftest import data_cfg, fresh_model, gpt2_cfg, vit_cfg
 from lmcbench.models.moe import MoE, freeze_backbone, insert_moe, moe_modules, reference_forward
+from lmcbench.moe import diagnostics as D
 from lmcbench.moe import matching as M
 from lmcbench.moe import symmetry as S
 from lmcbench.moe.jobs import add_ratios, chord_auc, order_rank, scaled_excess
@@ -254,7 +255,7 @@ def test_sweep_job_and_tables(tmp_path, backbone_ckpt):
     assert (out / "seed2" / "model.safetensors").exists()
     tables_dir = tmp_path / "tables"
     outputs = {name: tables_dir / f"moe_{name}.csv"
-               for name in ("barriers", "curves", "order_ranks", "summary", "vs_paper")}
+               for name in ("barriers", "curves", "order_ranks", "summary", "vs_paper", "diagnostics", "testability")}
     reference = tmp_path / "published.csv"   # a Table-2-style row that matches this job, and one that matches nothing
     pd.DataFrame([{"experiment": "sweep", "model": "vit", "gating": "topk", "n_experts": 3, "placement": "first",
                    "method": "gate_wm", "metric": "rank", "mean": 2.5, "std": 1.5},
@@ -268,12 +269,99 @@ def test_sweep_job_and_tables(tmp_path, backbone_ckpt):
                 "metric", "barrier", "auc", "ratio_to_naive", "run_id"):
         assert col in written
     assert len(pd.read_csv(outputs["order_ranks"])) == 9
+    diagnostics = pd.read_csv(outputs["diagnostics"])
+    assert len(diagnostics) == 3 and diagnostics["routing_entropy"].between(0, 1).all()
+    for col in ("load_entropy", "expert_movement", "sim_gate_wm", "sim_expert_wm", "sim_unmatched",
+                "rank_gate_wm", "lhat_expert_wm", "spearman_gate_cost", "gate_wm_order_as_at_init"):
+        assert col in diagnostics
+    assert (diagnostics["rank_gate_wm"].to_numpy() == ranks.query("method == 'gate_wm'")["rank"].to_numpy()).all()
+    testability = pd.read_csv(outputs["testability"])
+    assert len(testability) == 1 and testability.loc[0, "n_pairs"] == 3 and "testable" in testability
     vs_paper = pd.read_csv(outputs["vs_paper"])
     ranks_test_loss = ranks.query("method == 'gate_wm' and split == 'test' and metric == 'loss'")["rank"]
     assert vs_paper.loc[0, "ours_n"] == 3 and vs_paper.loc[0, "ours_mean"] == pytest.approx(ranks_test_loss.mean())
     assert vs_paper.loc[0, "mean"] == 2.5 and vs_paper.loc[1, "ours_n"] == 0
     skip = table.query("method == 'skip_order' and split == 'test' and metric == 'loss'")["barrier"]
     assert vs_paper.loc[2, "ours_n"] == 3 and vs_paper.loc[2, "ours_mean"] == pytest.approx(skip.mean())  # pairs once
+
+
+# --------------------------------------------------------------------------------------------- diagnostics
+def test_entropy_of_one_hot_router_is_zero_and_of_uniform_is_one():
+    n = 4
+    assert float(D.normalised_entropy(torch.eye(n, dtype=torch.float64)).max()) == 0.0
+    assert float(D.normalised_entropy(torch.full((3, n), 1 / n, dtype=torch.float64)).min()) == pytest.approx(1.0)
+    ent, load = D.routing_entropy(torch.zeros(10, n))
+    assert ent == pytest.approx(1.0) and load == pytest.approx(1.0)
+    confident = 1e3 * torch.eye(n).repeat(5, 1)       # every token one-hot, experts used equally
+    ent, load = D.routing_entropy(confident)
+    assert ent == pytest.approx(0.0, abs=1e-9) and load == pytest.approx(1.0)
+
+
+def planted_copy(gating: str, seed: int = 11):
+    """A layer, and a copy moved by a random element of G(n) and random hidden permutations, and τ."""
+    moe = layer(gating, n=5, h=16)
+    a = prefixed(moe)
+    g = torch.Generator().manual_seed(seed)
+    tau, c_w, c_b = S.random_element(a, P, g, scale=2.0)
+    b = S.permute_hidden(S.act(a, P, tau, c_w, c_b), P, S.random_hidden_perms(a, P, g))
+    return moe, a, b, tau
+
+
+@pytest.mark.parametrize("gating", ["dense", "topk"])
+def test_cross_seed_similarity_is_one_for_a_planted_permuted_copy(gating):
+    moe, a, b, tau = planted_copy(gating)
+    x = tokens(256)
+    corr = D.output_correlation(D.contributions(moe, a, P, x), D.contributions(moe, b, P, x))
+    found = M.expert_order(a, b, P, "expert_wm")
+    assert found.tolist() == torch.argsort(tau).tolist()
+    summary = D.similarity_summary(corr, found)
+    assert summary["matched"] == pytest.approx(1.0, abs=1e-9)
+    assert summary["output_order"].tolist() == found.tolist()     # the output-matching oracle agrees
+    assert summary["unmatched"] < 0.9                              # distinct experts are not copies
+    assert D.similarity_summary(corr)["matched"] < 0.9             # the identity order is wrong
+
+
+def test_spearman_of_cost_with_barrier_on_a_planted_order():
+    _, a, b, _ = planted_copy("dense")
+    orders = M.all_orders(a, 120)
+    cost = np.array([D.total_cost(a, b, o, "gate_wm") for o in orders])
+    truth = M.expert_order(a, b, P, "gate_wm")
+    assert cost.argmin() == [o[P].tolist() for o in orders].index(truth.tolist())
+    planted = 0.01 + 0.3 * cost ** 2                   # a barrier that grows with the cost
+    assert D.spearman(cost, planted) == pytest.approx(1.0)
+    assert D.spearman(cost, -planted) == pytest.approx(-1.0)
+    assert np.isnan(D.spearman(cost, np.ones_like(cost)))
+
+
+def test_expert_movement_from_initialisation():
+    a = prefixed(layer("dense", seed=0))
+    assert D.expert_movement(a, a, P) == 0.0
+    moved = {k: (2 * v if k.split(".")[-1] in S.EXPERT_TENSORS else v) for k, v in a.items()}
+    assert D.expert_movement(moved, a, P) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("family, placement", [("vit", "first"), ("vit", "last"), ("gpt2", "first")])
+def test_pair_evaluator_equals_end_to_end_interpolation(family, placement, datasets):
+    from lmcbench.barrier import interpolation_curve
+    from lmcbench.moe.evaluation import PairEvaluator
+    from lmcbench.tasks import make_task
+
+    cfg = vit_cfg({"depth": 2}) if family == "vit" else gpt2_cfg({"n_layer": 2})
+    base = fresh_model(cfg, datasets[family], 0)
+    moe_cfg = {"n_experts": 3, "gating": "topk", "k": 2, "placement": placement, "hidden": 16}
+    a = insert_moe(copy.deepcopy(base), moe_cfg, torch.Generator().manual_seed(1)).state_dict()
+    template = insert_moe(copy.deepcopy(base), moe_cfg, torch.Generator().manual_seed(2))
+    b = template.state_dict()
+    task = make_task(datasets[family], cfg)
+    data = {"test": task.eval_tensors("test", 200 if family == "vit" else 8)}
+    lambdas = np.linspace(0, 1, 4)
+    evaluator = PairEvaluator(copy.deepcopy(template), task, a, b, data, batch_size=64)
+    assert evaluator.cached_prefix == (family == "vit") and all(".mlp." in k for k in evaluator.keys)
+    ours = evaluator.curve(b, "naive", lambdas, ["test"])
+    ref = interpolation_curve(template, task, a, b, lambdas, splits=["test"], max_examples=len(data["test"][1]))
+    np.testing.assert_allclose(ours["value"], ref["value"], rtol=1e-5, atol=1e-5)
+    other = insert_moe(fresh_model(cfg, datasets[family], 1), moe_cfg, torch.Generator().manual_seed(2)).state_dict()
+    assert not PairEvaluator(copy.deepcopy(template), task, a, other, data, 64).cached_prefix  # backbones differ
 
 
 def test_load_balancing_loss_is_added_in_training_only(datasets):

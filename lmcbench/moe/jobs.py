@@ -24,11 +24,14 @@ import pandas as pd
 import torch
 
 from lmcbench.barrier import HIGHER_IS_BETTER, barriers, default_grid, interpolation_curve
+from lmcbench.moe import diagnostics as D
+from lmcbench.moe.diagnostics import order_rank
 from lmcbench.checkpoints import load_model, save_model
 from lmcbench.data import load_dataset
 from lmcbench.io import provenance, run_id, write_json
 from lmcbench.models.moe import MOE_KEYS, AuxLossTask, freeze_backbone, insert_moe
-from lmcbench.moe.matching import METHODS, align, align_with_orders, all_orders, method_orders, order_key
+from lmcbench.moe.evaluation import PairEvaluator
+from lmcbench.moe.matching import METHODS, align, align_with_orders, all_orders, order_key
 from lmcbench.tables import write_csv
 from lmcbench.tasks import make_task
 from lmcbench.training import TrainConfig, seed_everything, train
@@ -78,21 +81,21 @@ def scaled_excess(l_method: float, l_best: float, l_naive: float) -> float:
     return float((l_method - l_best) / gap * 100) if gap > 0 else float("nan")
 
 
-def order_rank(barrier: float, all_barriers, tol: float = 1e-9) -> int:
-    """1 + the number of orders with a strictly lower barrier."""
-    return 1 + int(np.sum(np.asarray(all_barriers) < barrier - tol))
-
-
 # --------------------------------------------------------------------------------------------- fine-tuning
 def moe_layer_cfg(moe_cfg: dict) -> dict:
     """The MoE options `insert_moe` takes (and `build_model` stores in a checkpoint)."""
     return {k: moe_cfg[k] for k in MOE_KEYS if k in moe_cfg}
 
 
+def initial_moe(backbone: torch.nn.Module, moe_cfg: dict, seed: int) -> torch.nn.Module:
+    """A copy of `backbone` with fresh MoE layers initialised from `seed` (before any fine-tuning)."""
+    return insert_moe(copy.deepcopy(backbone), moe_layer_cfg(moe_cfg), torch.Generator().manual_seed(seed))
+
+
 def finetune_moe(backbone: torch.nn.Module, task, moe_cfg: dict, train_cfg: dict, seed: int,
                  train_backbone: bool = False, progress: bool = False):
     """A copy of `backbone` with fresh MoE layers (initialised from `seed`) fine-tuned on `task`."""
-    model = insert_moe(copy.deepcopy(backbone), moe_layer_cfg(moe_cfg), torch.Generator().manual_seed(seed))
+    model = initial_moe(backbone, moe_cfg, seed)
     freeze_backbone(model, train_backbone)
     seed_everything(seed)
     task = AuxLossTask(task) if moe_cfg.get("aux_loss_coef") else task
@@ -101,59 +104,81 @@ def finetune_moe(backbone: torch.nn.Module, task, moe_cfg: dict, train_cfg: dict
 
 
 # --------------------------------------------------------------------------------------------- alignment
+def eval_data(task, barrier_cfg: dict, splits) -> dict:
+    """split -> (inputs, targets): the whole test split always; `max_examples` caps only the train split."""
+    return {s: task.eval_tensors(s, None if s == "test" else barrier_cfg.get("max_examples")) for s in splits}
+
+
 def _curve(model, task, state_a, state_b, barrier_cfg, splits=None):
-    return interpolation_curve(model, task, state_a, state_b, lambdas=default_grid(barrier_cfg["points"]),
-                               splits=splits or barrier_cfg["splits"], max_examples=barrier_cfg.get("max_examples"),
-                               batch_size=barrier_cfg["batch_size"])
+    """One end-to-end interpolation curve (every tensor interpolated; whole test split)."""
+    splits = splits or barrier_cfg["splits"]
+    data = eval_data(task, barrier_cfg, splits)
+    return pd.concat([interpolation_curve(model, task, state_a, state_b, lambdas=default_grid(barrier_cfg["points"]),
+                                          splits=[s], max_examples=len(data[s][1]),
+                                          batch_size=barrier_cfg["batch_size"]) for s in splits], ignore_index=True)
+
+
+def _loss_barrier(curve: pd.DataFrame) -> float:
+    return float(barriers(curve).query("split == 'test' and metric == 'loss'")["barrier"].iloc[0])
 
 
 def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barrier_cfg: dict,
-               methods=METHODS, max_orders: int = 720, keys: dict | None = None):
-    """All methods on one pair. Returns (curves, barriers, ranks, orders) tables.
+               methods=METHODS, max_orders: int = 720, keys: dict | None = None,
+               init_states: tuple[dict, dict] | None = None, data: dict | None = None):
+    """All methods on one pair. Returns (curves, barriers, ranks, orders, diagnostics) tables.
 
-    best_order and the ranks need every order of every layer evaluated (test split, loss barrier);
-    they are skipped (and logged) when there are more than `max_orders` orders."""
+    best_order and the ranks need every order of every layer evaluated (test split, loss barrier, on
+    the `rank_points` grid); they are skipped (and logged) when there are more than `max_orders`
+    orders. `init_states` (the two MoEs before fine-tuning) adds expert movement and whether Step 1
+    on the initial weights already gives the same order; see `lmcbench.moe.diagnostics`."""
     keys = keys or {}
-    curves, tables, states, taus = [], [], {}, {}
+    splits = list(barrier_cfg["splits"])
+    data = data or eval_data(task, barrier_cfg, sorted(set(splits) | {"test"}))
+    evaluator = PairEvaluator(model, task, state_a, state_b, data, barrier_cfg["batch_size"])
+    grid = default_grid(barrier_cfg["points"])
+    rank_grid = default_grid(barrier_cfg.get("rank_points") or barrier_cfg["points"])
+    states, taus = {}, {}
     for method in [m for m in methods if m != "best_order"]:
         states[method], taus[method] = align(state_a, state_b, method)
-    orders, ranks, order_rows = None, [], []
-    if "best_order" in methods:
-        orders = all_orders(state_a, max_orders)
-        if orders is None:
-            log.info("more than %d expert orders: best_order and ranks skipped", max_orders)
-    # the orders are ranked on the test loss barrier, optionally on a coarser grid (rank_points)
-    rank_cfg = {**barrier_cfg, "points": barrier_cfg.get("rank_points") or barrier_cfg["points"]}
+    orders = all_orders(state_a, max_orders) if "best_order" in methods else None
+    if "best_order" in methods and orders is None:
+        log.info("more than %d expert orders: best_order and ranks skipped", max_orders)
+    order_table = pd.DataFrame()
     if orders is not None:
+        order_rows = []
         for taus_o in orders:
-            curve = _curve(model, task, state_a, align_with_orders(state_a, state_b, taus_o), rank_cfg, ["test"])
+            key = order_key(taus_o)
+            curve = evaluator.curve(align_with_orders(state_a, state_b, taus_o), key, rank_grid, ["test"])
             row = curve_metrics(curve).query("metric == 'loss'").iloc[0]
-            order_rows.append({"order": order_key(taus_o), "barrier": row["barrier"], "auc": row["auc"]})
+            order_rows.append({"order": key, "barrier": row["barrier"], "auc": row["auc"],
+                               "gate_cost": D.total_cost(state_a, state_b, taus_o, "gate_wm"),
+                               "expert_cost": D.total_cost(state_a, state_b, taus_o, "expert_wm")})
         order_table = pd.DataFrame(order_rows)
         best = int(order_table["barrier"].idxmin())
         states["best_order"], taus["best_order"] = align_with_orders(state_a, state_b, orders[best]), orders[best]
+    curves, tables = [], []
     for method, state in states.items():
-        curve = _curve(model, task, state_a, state, barrier_cfg)
         order = order_key(taus[method]) if taus[method] else "naive"
+        curve = evaluator.curve(state, order, grid, splits)
         curves.append(curve.assign(method=method, **keys))
         tables.append(curve_metrics(curve).assign(method=method, order=order, **keys))
+    ranks = []
     if orders is not None:
-        naive_t = curve_metrics(_curve(model, task, state_a, state_b, rank_cfg, ["test"]))
-        naive_b = float(naive_t.query("metric == 'loss'")["barrier"].iloc[0])
+        naive_b = _loss_barrier(evaluator.curve(state_b, "naive", rank_grid, ["test"]))
         best_b = float(order_table["barrier"].min())
         lookup = dict(zip(order_table["order"], order_table["barrier"]))
         for method in [m for m in RANKED if m in states]:
-            key = order_key(taus[method])
-            b = lookup[key]
-            ranks.append({"method": method, "order": key, "rank": order_rank(b, order_table["barrier"]),
-                          "n_orders": len(order_table), "barrier": b, "best_barrier": best_b,
-                          "naive_barrier": naive_b, "scaled_excess": scaled_excess(b, best_b, naive_b),
-                          "split": "test", "metric": "loss", **keys})
-        order_rows = order_table.assign(**keys)
-    else:
-        order_rows = pd.DataFrame()
+            b = lookup[order_key(taus[method])]
+            ranks.append({"method": method, "order": order_key(taus[method]),
+                          "rank": order_rank(b, order_table["barrier"]), "n_orders": len(order_table),
+                          "barrier": b, "best_barrier": best_b, "naive_barrier": naive_b,
+                          "scaled_excess": scaled_excess(b, best_b, naive_b), "split": "test", "metric": "loss",
+                          **keys})
+        order_table = order_table.assign(**keys)
+    diag = D.pair_diagnostics(evaluator.model, state_a, state_b, data["test"][0], taus, order_table, ranks,
+                              init_states)
     return (pd.concat(curves, ignore_index=True), add_ratios(pd.concat(tables, ignore_index=True)),
-            pd.DataFrame(ranks), order_rows)
+            pd.DataFrame(ranks), order_table, pd.DataFrame([{**keys, **diag}]))
 
 
 def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict, train_cfg: dict, data_cfg: dict,
@@ -162,7 +187,7 @@ def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict,
                   progress: bool = False) -> pd.DataFrame:
     """One configuration (model, gating, n_experts, placement): fine-tune an MoE per seed on the frozen
     backbone, then align every seed pair with every method. Writes barriers.csv, curve.csv, ranks.csv,
-    orders.csv, history.csv, provenance.json and (save_models) seed{s}/ checkpoints into out_dir."""
+    orders.csv, diagnostics.csv, history.csv, provenance.json and (save_models) seed{s}/ checkpoints into out_dir."""
     out_dir = Path(out_dir)
     job = {"job": "moe_sweep", "backbone": str(backbone_ckpt), "moe": moe_cfg, "train": train_cfg, "data": data_cfg,
            "seeds": list(seeds), "barrier": barrier_cfg, "methods": list(methods), "max_orders": max_orders,
@@ -172,11 +197,12 @@ def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict,
     data = load_dataset(data_cfg)
     task = make_task(data, info["model"])
     model_cfg = {**info["model"], "moe": moe_layer_cfg(moe_cfg)}
-    states, histories, timing = {}, [], {}
+    states, inits, histories, timing = {}, {}, [], {}
     start = time.perf_counter()
     for seed in seeds:
         model, result = finetune_moe(backbone, task, moe_cfg, train_cfg, seed, train_backbone, progress)
         states[seed] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        inits[seed] = initial_moe(backbone, moe_cfg, seed).state_dict()
         histories.append(pd.DataFrame(result.history).assign(seed=seed, **(labels or {}), run_id=rid))
         log.info("fine-tuned seed %d: best val loss %.4f", seed, result.best_val_loss)
         if save_models:
@@ -184,20 +210,24 @@ def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict,
                        backbone=str(backbone_ckpt), run_id=rid)
     timing["finetune_s"] = time.perf_counter() - start
     template = model
-    curves, tables, ranks, orders = [], [], [], []
+    evaluation = eval_data(task, barrier_cfg, sorted(set(barrier_cfg["splits"]) | {"test"}))
+    curves, tables, ranks, orders, diags = [], [], [], [], []
     start = time.perf_counter()
     for a, b in combinations(seeds, 2):
         keys = {**(labels or {}), "seed_a": a, "seed_b": b, "run_id": rid}
-        c, t, r, o = align_pair(template, task, states[a], states[b], barrier_cfg, methods, max_orders, keys)
-        curves.append(c), tables.append(t), ranks.append(r), orders.append(o)
-        log.info("pair %d-%d:\n%s", a, b, t.query("split == 'test'")[["method", "metric", "barrier", "auc",
-                                                                         "ratio_to_naive"]].to_string(index=False))
+        c, t, r, o, d = align_pair(template, task, states[a], states[b], barrier_cfg, methods, max_orders, keys,
+                                   (inits[a], inits[b]), evaluation)
+        curves.append(c), tables.append(t), ranks.append(r), orders.append(o), diags.append(d)
+        log.info("pair %d-%d:\n%s\n%s", a, b, t.query("split == 'test'")[
+            ["method", "metric", "barrier", "auc", "ratio_to_naive"]].to_string(index=False),
+            d.drop(columns=list(keys)).T.to_string(header=False))
     timing["align_s"] = time.perf_counter() - start
     table = pd.concat(tables, ignore_index=True)
     write_csv(pd.concat(curves, ignore_index=True), out_dir / "curve.csv")
     write_csv(table, out_dir / "barriers.csv")
     write_csv(pd.concat(ranks, ignore_index=True), out_dir / "ranks.csv")
     write_csv(pd.concat(orders, ignore_index=True), out_dir / "orders.csv")
+    write_csv(pd.concat(diags, ignore_index=True), out_dir / "diagnostics.csv")
     write_csv(pd.concat(histories, ignore_index=True), out_dir / "history.csv")
     write_json(out_dir / "provenance.json", {**provenance(job, seeds[0]), "run_id": rid, "timing": timing})
     return table

@@ -62,6 +62,7 @@ rule moe_sweep:
         barriers=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/barriers.csv",
         curve=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/curve.csv",
         ranks=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/ranks.csv",
+        diagnostics=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/diagnostics.csv",
     log:
         f"{RESULTS}/logs/moe_sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}.log",
     benchmark:
@@ -142,6 +143,12 @@ rule moe_tables:
         barriers=f"{RESULTS}/tables/moe_barriers.csv",
         curves=f"{RESULTS}/tables/moe_curves.csv",
         order_ranks=f"{RESULTS}/tables/moe_order_ranks.csv",
+        diagnostics=f"{RESULTS}/tables/moe_diagnostics.csv",
+        testability=report(
+            f"{RESULTS}/tables/moe_testability.csv",
+            caption="../report/moe_testability.rst",
+            category="MoE-LMC",
+        ),
         summary=report(
             f"{RESULTS}/tables/moe_summary.csv",
             caption="../report/moe_summary.rst",
