@@ -19,6 +19,7 @@ import torch
 from lmcbench.canonical import circuit_form
 from lmcbench.matchers.weight_matching import as_model, glmc_weight_matching_states
 from lmcbench.models import build_model
+from lmcbench.numerics import state as numerics_state
 
 
 def bench_rules(results: str | Path = "results") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -104,7 +105,8 @@ def bench_throughput(config: dict, models=("vit", "gpt2"), steps: int = 20, warm
         seconds = max(elapsed[1] - elapsed[0], 1e-9)
         tokens = batch * model_cfg["arch"]["n_positions"] if model_cfg["family"] == "gpt2" else None
         rows.append({"model": name, "family": model_cfg["family"], "device": str(device),
-                     "torch_threads": torch.get_num_threads(), "batch_size": batch, "steps": steps,
+                     "torch_threads": torch.get_num_threads(), "numerics": numerics_state()["mode"],
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "batch_size": batch, "steps": steps,
                      "s_per_step": round(seconds / steps, 4), "samples_per_s": round(steps * batch / seconds, 1),
                      "tokens_per_s": round(steps * tokens / seconds, 1) if tokens else None,
                      "parameters": sum(p.numel() for p in model.parameters())})

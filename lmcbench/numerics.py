@@ -37,6 +37,8 @@ PINNED_ENV = {
     "NPY_DISABLE_CPU_FEATURES": _NUMPY_ABOVE_AVX2,
 }
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# Other dispatch caps a user may set; pinned mode does not need them (measured), provenance records them.
+OTHER_DISPATCH_ENV = ("MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
 MARKER = "LMCBENCH_NUMERICS"   # "pinned:<threads>" or "fast": read by job_threads and by child processes
 
 # /proc/cpuinfo flags that decide which kernels the libraries may pick; provenance records them.
@@ -138,6 +140,7 @@ def state() -> dict:
         "threads": torch.get_num_threads() if torch is not None else int(threads or 0) or None,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch is not None else None,
         "numpy_avx512": numpy_simd.get("AVX512F") if numpy_simd else None,
-        "env": {key: os.environ[key] for key in (*PINNED_ENV, *THREAD_ENV) if key in os.environ},
+        "env": {key: os.environ[key] for key in (*PINNED_ENV, *OTHER_DISPATCH_ENV, *THREAD_ENV)
+                if key in os.environ},
         "cpu": cpu_info(),
     }
