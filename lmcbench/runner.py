@@ -41,6 +41,8 @@ def job_context(log_file: str | Path | None = None, threads: int | None = None) 
         except BaseException:
             logging.getLogger("lmcbench").exception("job failed")
             raise
+        finally:  # the handler writes to the log file, which closes here: later records must not reach it
+            logging.getLogger().handlers.clear()
 
 
 @contextlib.contextmanager
