@@ -266,6 +266,8 @@ class GLMCWeightMatchingOptions:
 def glmc_weight_matching(model_a: nn.Module, model_b: nn.Module, context: MatchContext) -> Alignment:
     """GLMC data-free weight matching: orthogonal residual, head and MLP permutations, circuits."""
     opts = context.options
+    tokens = active_tokens(context.task, opts.token_freqs)
     canon_a, aligner = glmc_weight_matching_states(model_a, model_b, opts.iterations, opts.residual, opts.mlp_cost,
-                                                   active_tokens(context.task, opts.token_freqs))
-    return finish(canon_a, aligner.state_b, opts.circuits, {"spaces": sorted(aligner.element)})
+                                                   tokens)
+    info = {"spaces": sorted(aligner.element), "vocab_rows_compared": None if tokens is None else len(tokens)}
+    return finish(canon_a, aligner.state_b, opts.circuits, info)
