@@ -22,6 +22,7 @@ from lmcbench.symmetry import (
     Space,
     SymmetrySpec,
     apply,
+    layout_for,
     perm_matrix,
     random_invertible,
     random_orthogonal,
@@ -174,6 +175,17 @@ def test_spec_layout_matches_modules():
     assert spec_for(relu)["blocks.0.mlp"].group == "semiperm"
     with pytest.raises(NotImplementedError):
         spec_for(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_layout_vocab_rows_are_the_token_axes(tied: bool):
+    """`Layout.vocab` names the parameters with one row per token (GPT-2's wte and lm_head), which
+    the token-frequency filter of weight matching restricts; a ViT has none."""
+    model = tiny_gpt2(**{**GPT2_CONFIGS[0], "tie_word_embeddings": tied})
+    layout, state = layout_for(model), model.state_dict()
+    assert {r.param for r in layout.vocab} == {"transformer.wte.weight", "lm_head.weight"}
+    assert all(state[r.param].shape[r.axis] == model.config.vocab_size for r in layout.vocab)
+    assert layout_for(tiny_vit(**VIT_CONFIGS[0])).vocab == ()
 
 
 # ---------------------------------------------------------------------------------------------
