@@ -15,6 +15,10 @@ s_i = g_i − u_i, with λ detached in the primal step. The dual step uses the *
 ("ascent" [paper]) or a torch optimiser fed grad = −s ("adam" / "sgd" [official code]); inequality
 multipliers are then projected onto λ >= 0.
 
+The γ step (`gamma_optimizer`): "curvature" (default) ties it to the Lagrangian's curvature in γ so that γ
+contracts monotonically; c > 0 matters too: with c = 0, wherever the loss is flat in γ the Lagrangian is
+bilinear in (γ, λ) and simultaneous GDA (plain or Adam) circles instead of converging (measured on N-body).
+
 ACE variants over per-layer γ (see `ace_defects`):
   ace_equality : g_i = γ_i = 0                  (Algorithm 1)
   ace_resilient: g_i = |γ_i| <= u_i, ρ/2‖u‖²     (Algorithm 2)
@@ -30,50 +34,69 @@ import torch
 VARIANTS = ("ace_equality", "ace_resilient", "ace_eps")
 
 
-class Adam:
-    """Adam (Kingma & Ba; the same update and defaults as `torch.optim.Adam`, no weight decay, no amsgrad),
-    with the parts of the optimiser interface used here: `param_groups`, `zero_grad`, `step`.
+class CurvatureStep:
+    """Step size of the γ scalars tied to the curvature of the Lagrangian in γ: lr = min(lr_max, κ/Ĥ).
 
-    Why not torch.optim: every `torch.optim.Optimizer` (its `__init__`, `zero_grad`) is wrapped by
-    `torch._disable_dynamo`, which imports `torch._dynamo` on first use: 3–6 s per process on the 2-core
-    machine, more than a whole smoke-size ACE run. This class is numerically the same update
-    (tests/test_ace.py::test_adam_matches_torch).
+    Why: under plain gradient steps a scalar γ with curvature H contracts by |1 − lr·H| per step; for
+    lr·H > 1 it flips sign every step and for lr·H > 2 the period-2 oscillation grows (measured on the image
+    model: H ≈ 1.4–10 in γ, so lr 0.5 diverged). With lr·Ĥ ≤ κ = ½ every curvature direction of the γ block
+    contracts by a factor in [½, 1): monotone, no sign flip, whatever H is [inferred; the remedy the issue asks
+    for]. Ĥ estimates the spectral norm of the γ-block of the Hessian of the Lagrangian (loss + augmented term,
+    so the 2c of `aug_lag` is included) by power iteration with one Hessian-vector product (double backward
+    through the network, γ only) every `every` steps; between estimates Ĥ keeps the recent maximum, decaying
+    by `decay` per estimate so that it can follow the curvature down."""
 
-    A param group with `"sgd": True` gets plain gradient descent p ← p − lr·∇p instead [official code
-    `--optimizer adamsgd`, which puts γ under SGD]: with Adam on a scalar γ the step is ≈ lr whatever the
-    gradient, so near γ = 0 it keeps jittering at ~lr and γ never settles within a short budget."""
+    SAFETY = 0.5
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
-        params = list(params)
-        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
-        self.param_groups = [{"lr": lr, "betas": betas, "eps": eps, **g, "params": list(g["params"])} for g in groups]
-        self.state: dict[int, dict] = {}
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], lr_max: float,
+                 every: int = 10, decay: float = 0.9):
+        self.optimizer, self.params, self.lr_max = optimizer, list(params), float(lr_max)
+        self.every, self.decay = int(every), float(decay)
+        k = len(self.params)
+        self.v = torch.ones(k) / math.sqrt(k)
+        self.h, self.calls = 0.0, 0
+        self.scale = 1.0   # the run's learning-rate schedule factor (cosine decay), set by the training loop
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                if set_to_none:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad.zero_()
+    @property
+    def lr(self) -> float:
+        return self.scale * (self.lr_max if self.h <= 0 else min(self.lr_max, self.SAFETY / self.h))
 
-    @torch.no_grad()
-    def step(self) -> None:
-        for g in self.param_groups:
-            b1, b2 = g["betas"]
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                if g.get("sgd"):
-                    p.add_(p.grad, alpha=-g["lr"])
-                    continue
-                st = self.state.setdefault(id(p), {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)})
-                st["step"] += 1
-                t = st["step"]
-                st["m"].lerp_(p.grad, 1 - b1)
-                st["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                denom = (st["v"].sqrt() / math.sqrt(1 - b2 ** t)).add_(g["eps"])
-                p.addcdiv_(st["m"], denom, value=-g["lr"] / (1 - b1 ** t))
+    def update(self, loss: torch.Tensor) -> None:
+        """Call before `loss.backward()` (the graph is kept); refreshes Ĥ every `every` calls."""
+        due = self.calls % self.every == 0
+        self.calls += 1
+        if due:
+            self.estimate(loss)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def estimate(self, loss: torch.Tensor) -> None:
+        # allow_unused: a γ whose branch does not reach the loss (the EGNN's last node update) has no curvature
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        gv = sum(g * v for g, v in zip(grads, self.v) if g is not None and g.requires_grad)
+        hv = (torch.autograd.grad(gv, self.params, retain_graph=True, allow_unused=True)
+              if isinstance(gv, torch.Tensor) else [None] * len(self.params))
+        hv = torch.stack([torch.zeros(()) if h is None else h.detach().reshape(()) for h in hv])
+        norm = float(hv.norm())                      # ‖H v‖ with ‖v‖ = 1: → spectral norm of the γ block
+        if norm > 0:
+            self.v = hv / norm
+        self.h = max(norm, self.h * self.decay)
+
+
+def gamma_optimizer(kind: str, params: list[torch.nn.Parameter], lr: float):
+    """(optimiser, CurvatureStep or None) for the γ scalars.
+
+    kind: "curvature" (SGD with lr = min(lr, ½/Ĥ), stable by construction, `CurvatureStep`),
+    "adam" (the primal optimiser, as in the official code and Algorithm 1 where θ and γ share η_p),
+    "sgd" (plain SGD [official code `--optimizer adamsgd`]; unstable once lr·H > 2, kept to show it)."""
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr), None
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr), None
+    if kind == "curvature":
+        opt = torch.optim.SGD(params, lr=lr)
+        return opt, CurvatureStep(opt, params, lr)
+    raise ValueError(f"gamma_optimizer must be curvature, adam or sgd, got {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -89,14 +112,15 @@ class Constraint:
 class ConstrainedOptimizer:
     """Gradient descent–ascent on L(θ, u, λ) = J0 + ρ/2‖u‖² + Σ λ_i (g_i − u_i) (+ c Σ (g_i − u_i)²)."""
 
-    def __init__(self, primal_optimizer: torch.optim.Optimizer, constraints: list[Constraint], dual_lr: float,
+    def __init__(self, primal_optimizer, constraints: list[Constraint], dual_lr: float,
                  dual_optimizer: str = "ascent", resilient_rho: float | None = None, slack_lr: float | None = None,
                  aug_lag: float = 0.0):
         if dual_optimizer not in ("ascent", "adam", "sgd"):
             raise ValueError(f"dual_optimizer must be ascent, adam or sgd, got {dual_optimizer!r}")
         if resilient_rho is not None and any(c.kind == "eq" for c in constraints):
             raise ValueError("resilient slack applies to inequality constraints only")
-        self.primal = primal_optimizer
+        # one optimiser or a list (θ and γ may have different optimisers); the first one's lr steps the slacks
+        self.primal = list(primal_optimizer) if isinstance(primal_optimizer, (list, tuple)) else [primal_optimizer]
         self.constraints = list(constraints)
         self.names = [c.name for c in constraints]
         k = len(constraints)
@@ -106,7 +130,7 @@ class ConstrainedOptimizer:
         self.dual = None
         if dual_optimizer != "ascent":
             self._lam_param = torch.nn.Parameter(torch.zeros(k))
-            self.dual = (Adam([self._lam_param], lr=self.dual_lr) if dual_optimizer == "adam"
+            self.dual = (torch.optim.Adam([self._lam_param], lr=self.dual_lr) if dual_optimizer == "adam"
                          else torch.optim.SGD([self._lam_param], lr=self.dual_lr))
             self.lam = self._lam_param.data   # shares storage: the optimiser updates self.lam in place
         self.rho = resilient_rho
@@ -128,16 +152,21 @@ class ConstrainedOptimizer:
             lag = lag + self.aug_lag * (s ** 2).sum()
         return lag, s.detach()
 
-    def step(self, objective: torch.Tensor, defects: torch.Tensor) -> dict:
-        """One primal descent step on L and one dual ascent step with the pre-step defects."""
+    def step(self, objective: torch.Tensor, defects: torch.Tensor, curvature: CurvatureStep | None = None) -> dict:
+        """One primal descent step on L and one dual ascent step with the pre-step defects; `curvature`
+        (optional) sets the γ step from the Lagrangian's curvature before the primal step."""
         if defects.shape != (len(self.constraints),):
             raise ValueError(f"expected {len(self.constraints)} defects, got shape {tuple(defects.shape)}")
-        self.primal.zero_grad(set_to_none=True)
+        for opt in self.primal:
+            opt.zero_grad(set_to_none=True)
         lag, s = self.lagrangian(objective, defects)
+        if curvature is not None:
+            curvature.update(lag)
         lag.backward()
-        self.primal.step()
+        for opt in self.primal:
+            opt.step()
         if self.u is not None:   # slack descent: ∂L/∂u = ρu − λ (− 2c s, augmented term)
-            lr = self.slack_lr if self.slack_lr is not None else self.primal.param_groups[0]["lr"]
+            lr = self.slack_lr if self.slack_lr is not None else self.primal[0].param_groups[0]["lr"]
             grad_u = self.rho * self.u - self.lam - 2 * self.aug_lag * s
             self.u = (self.u - lr * grad_u).clamp_(min=0.0)
         with torch.no_grad():
@@ -162,7 +191,7 @@ def ace_defects(variant: str, gammas: torch.Tensor, eps: float = 0.0) -> torch.T
     raise ValueError(f"unknown ACE variant {variant!r}; valid: {VARIANTS}")
 
 
-def ace_optimizer(variant: str, primal: torch.optim.Optimizer, names: list[str], dual_lr: float,
+def ace_optimizer(variant: str, primal, names: list[str], dual_lr: float,
                   dual_optimizer: str = "ascent", rho: float = 1.0, slack_lr: float | None = None,
                   aug_lag: float = 0.0) -> ConstrainedOptimizer:
     kind = "eq" if variant == "ace_equality" else "ineq"

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from lmcbench.ace.report import TASK_METRIC
 from lmcbench.io import provenance, run_id, write_json
 from lmcbench.tables import write_csv
 from lmcbench.training import seed_everything
@@ -134,8 +135,8 @@ class NBodyTask:
 
         loc, vel, q = inputs
         R, t = haar_rotation(gen)[0], torch.randn(3, generator=gen)
-        target = pred @ R.T + t
-        return (model(loc @ R.T + t, vel @ R.T, q) - target).pow(2).sum() / (target - t).pow(2).sum().clamp_min(1e-8)
+        target = pred @ R.T + t          # relative to the predicted displacement, not to the absolute positions
+        return (model(loc @ R.T + t, vel @ R.T, q) - target).pow(2).sum() / (pred - loc).pow(2).sum().clamp_min(1e-8)
 
     def equivariance(self, model, split: str = "test", n: int = 200) -> dict[str, float]:
         from lmcbench.ace.metrics import nbody_equivariance
@@ -154,10 +155,23 @@ def _make_task(task: str, cfg: dict, regime: str, n_train, noise: float, nbody_f
     return NBodyTask(nbody_files[regime], regime, n_train, noise, tcfg["train"].get("eval_examples"))
 
 
+def val_gain_last_quarter(curves: list[dict], epochs: int, metric: str) -> float:
+    """Plateau check: how much the best validation metric improved in the last quarter of the epochs over the
+    best before it (accuracy: higher is better, MSE: lower); ≤ 0 means training had stopped improving.
+    NaN when the curves have no evaluation on one side of the boundary."""
+    boundary = 0.75 * epochs
+    vals = [(c["epoch"], c["value"]) for c in curves if c["split"] == "val" and c["metric"] == metric]
+    before = [v for e, v in vals if e <= boundary]
+    last = [v for e, v in vals if e > boundary]
+    if not before or not last:
+        return float("nan")
+    return max(last) - max(before) if metric == "accuracy" else min(before) - min(last)
+
+
 def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict, ace_over: dict | None = None):
     """Train one model; return (records, trajectory, curves) as lists of dicts tagged with `keys`."""
-    from lmcbench.ace.baselines import HEADLINE_EVAL, evals_of, fit
-    from lmcbench.ace.layers import branch
+    from lmcbench.ace.baselines import HEADLINE_EVAL, evals_of, evaluation_form, fit
+    from lmcbench.ace.layers import gamma_parameters
     from lmcbench.ace.models import build_image_model, build_nbody_model
 
     tcfg = cfg[task_name]
@@ -169,14 +183,21 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
     seconds = time.time() - t0
     keys = {**keys, "method": method, "seed": seed, "n_train": task.n_train}
     records = []
-    for ev in evals_of(model, method):
-        with branch(model, ev == "mixed"):
+    for ev in evals_of(model, method):   # headline form last and kept: the model is left as reported
+        with evaluation_form(model, ev, task.splits["train"][0], restore=ev != HEADLINE_EVAL[method]):
             base = {**keys, "eval": ev, "headline": ev == HEADLINE_EVAL[method]}
             for split in ("val", "test"):
                 for metric, value in task.evaluate(model, split).items():
                     records.append({**base, "split": split, "metric": metric, "layer": "", "value": value})
             for layer, value in task.equivariance(model).items():
                 records.append({**base, "split": "test", "metric": "equiv_err", "layer": layer, "value": value})
+    diag = {**keys, "eval": HEADLINE_EVAL[method], "headline": True, "layer": ""}
+    gam = gamma_parameters(model)
+    if gam:   # final max |γ| (the constraint check of ace_equality)
+        records.append({**diag, "split": "train", "metric": "max_abs_gamma",
+                        "value": max(abs(float(g.detach())) for g in gam)})
+    records.append({**diag, "split": "val", "metric": "val_gain_last_quarter",
+                    "value": val_gain_last_quarter(result.curves, tcfg["train"]["epochs"], TASK_METRIC[task_name])})
     records.append({**keys, "eval": HEADLINE_EVAL[method], "headline": True, "split": "train",
                     "metric": "train_seconds", "layer": "", "value": seconds})
     log.info("%s %s seed %d (%s): %s in %.1fs", task_name, method, seed, keys.get("regime"),

@@ -51,6 +51,45 @@ def branch_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for _, m in mixed_layers(model) for p in m.neq.parameters()]
 
 
+def rpp_penalty(model: nn.Module, eq_weight: float, neq_weight: float) -> torch.Tensor:
+    """Residual Pathway Prior as MAP (Finzi et al. 2021): Gaussian priors on both paths, i.e.
+    eq_weight·‖θ_eq‖² + neq_weight·‖θ_neq,eff‖² with the branch measured as it acts, γ·f_neq: the last
+    affine map of each branch enters as γ·(W, b), so rescaling γ → aγ, (W, b) → (W, b)/a leaves the penalty
+    unchanged (a prior on W alone is evaded by growing γ). θ_eq: every parameter outside the branches and γ."""
+    neq, skip = 0.0, set()
+    for _, m in mixed_layers(model):
+        last = [mod for mod in m.neq.modules() if isinstance(mod, (nn.Linear, nn.Conv2d))][-1]
+        for p in m.neq.parameters():
+            skip.add(id(p))
+            scale = m.gamma if any(p is q for q in last.parameters()) else 1.0
+            neq = neq + (scale * p).pow(2).sum()
+        skip.add(id(m.gamma))
+    eq = sum(p.pow(2).sum() for p in model.parameters() if id(p) not in skip)
+    return eq_weight * eq + neq_weight * neq
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, inputs: tuple, batch_size: int = 500) -> None:
+    """Recompute every BatchNorm's running mean/var as the exact average over `inputs` (the training split)
+    for the model as it is now (branch on or off). Why: statistics collected while training with the branch
+    on describe a different function from f_{θ,0}; the reported model needs its own [inferred]."""
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
+    if not norms:
+        return
+    was_training = model.training
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None            # cumulative moving average: the plain mean over the batches seen
+    model.train()
+    n = len(inputs[0])
+    for i in range(0, n, batch_size):
+        model(*(t[i:i + batch_size] for t in inputs))
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    model.train(was_training)
+
+
 def set_branch(model: nn.Module, on: bool) -> None:
     for _, m in mixed_layers(model):
         m.branch = on

@@ -1,6 +1,7 @@
 """Equivariance errors: relative, per mixed layer and at the output, over group elements.
 
-rel_err(a, b) = ‖a − b‖ / ‖b‖ over the whole batch. For images the elements are the exact grid
+rel_err(a, b) = ‖a − b‖ / ‖b‖ over the whole batch (N-body: relative to the predicted displacement,
+`displacement_err`). For images the elements are the exact grid
 symmetries (rot90 multiples, and flips for D_N) that belong to the group, enumerated, not sampled
 [ace.md §3, inferred]; for N-body, Haar-random rotations (QR) with random translations.
 The official code reports an absolute L2 error instead [official code]; a relative one is comparable
@@ -65,6 +66,12 @@ def image_equivariance(model: nn.Module, x: torch.Tensor, group: str = "C", N: i
     return {k: sum(v) / len(v) for k, v in errs.items()}
 
 
+def displacement_err(g_out: torch.Tensor, out: torch.Tensor, loc: torch.Tensor, R: torch.Tensor,
+                     t: torch.Tensor) -> float:
+    """‖g_out − (R out + t)‖ / ‖out − loc‖ over the whole batch."""
+    return float((g_out - (out @ R.T + t)).norm() / (out - loc).norm().clamp_min(1e-12))
+
+
 def haar_rotation(generator: torch.Generator, n: int = 1) -> torch.Tensor:
     """n Haar-random SO(3) matrices from the QR of Gaussian matrices (sign-fixed, det +1)."""
     a = torch.randn(n, 3, 3, generator=generator, dtype=torch.float64)
@@ -78,7 +85,9 @@ def haar_rotation(generator: torch.Generator, n: int = 1) -> torch.Tensor:
 @torch.no_grad()
 def nbody_equivariance(model: nn.Module, loc, vel, q, n_samples: int = 3, seed: int = 0,
                        axis_only: bool = False) -> dict[str, float]:
-    """Relative error of the positions after each layer and at the output under x → Rx + t, v → Rv.
+    """Error of the positions after each layer and at the output under x → Rx + t, v → Rv, relative to the
+    displacement the model predicts (‖f(Rx+t) − (Rf(x)+t)‖ / ‖f(x) − x‖): relative to the absolute positions
+    it would shrink with the scale of the coordinates rather than with the error of the prediction.
     With `axis_only`, R are rotations about z only (the symmetry left by a field along z)."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -94,6 +103,6 @@ def nbody_equivariance(model: nn.Module, loc, vel, q, n_samples: int = 3, seed: 
         t = torch.randn(3, generator=gen)
         gy, glayers = model(loc @ R.T + t, vel @ R.T, q, return_layers=True)
         for i, ((_, x), (_, gx)) in enumerate(zip(layers, glayers)):
-            errs.setdefault(f"layers.{i}", []).append(rel_err(gx, x @ R.T + t))
-        errs.setdefault("output", []).append(rel_err(gy, y @ R.T + t))
+            errs.setdefault(f"layers.{i}", []).append(displacement_err(gx, x, loc, R, t))
+        errs.setdefault("output", []).append(displacement_err(gy, y, loc, R, t))
     return {k: sum(v) / len(v) for k, v in errs.items()}
