@@ -19,7 +19,7 @@ from lmcbench.canonical import canonicalize, circuit_form, head_circuits, head_f
 from lmcbench.matchers import Alignment, MatchContext, register
 from lmcbench.matchers.assignment import match_units, orthogonal_from_gram, unit_features
 from lmcbench.symmetry import apply, layout_for, spec_for
-from lmcbench.symmetry.spec import Space, SymmetrySpec
+from lmcbench.symmetry.spec import AttentionSite, Layout, Space, SymmetrySpec
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def active_tokens(task, enabled: bool = True) -> Tensor | None:
     return torch.unique(torch.as_tensor(dataset.train))
 
 
-def _raw_residual_params(spec: SymmetrySpec, layout) -> tuple[set[str], set[str]]:
+def _raw_residual_params(spec: SymmetrySpec, layout: Layout) -> tuple[set[str], set[str]]:
     """Parameters whose residual-indexed slices the residual step reads as they are stored:
     (first round, later rounds).
 
@@ -132,7 +132,7 @@ def _raw_residual_params(spec: SymmetrySpec, layout) -> tuple[set[str], set[str]
     return residual - inner, residual - attention
 
 
-def _circuit_gram(state_a: dict, att_a, state_b: dict, att_b, width: int) -> Tensor:
+def _circuit_gram(state_a: dict, att_a: AttentionSite, state_b: dict, att_b: AttentionSite, width: int) -> Tensor:
     """(D, D) cross-Gram of the residual coordinates' attention features, F_A F_B^T, as the
     [official code] builds them from the circuit form (heads of size D+1, x~ = [x, 1]):
       c_attn row r = per head [QK_h[r, :] s | e_r | e_r] (the Q-map QK_h s, s = sqrt((D+1)/d), and the
@@ -156,7 +156,7 @@ def _circuit_gram(state_a: dict, att_a, state_b: dict, att_b, width: int) -> Ten
     return (qk + identity) / (3 * h_n * e) + ov / (h_n * e)
 
 
-def _residual_step(aligner: Aligner, layout_a, layout_b, group: str, params: set[str], circuits: bool,
+def _residual_step(aligner: Aligner, layout_a: Layout, layout_b: Layout, group: str, params: set[str], circuits: bool,
                    tokens: Tensor | None) -> bool:
     """Residual map from the cross-Gram G = F_A F_B^T of residual-coordinate features [official code
     `weight_matching`]: stored rows of `params` (vocabulary rows restricted to `tokens`), plus, with
@@ -180,7 +180,7 @@ def _residual_step(aligner: Aligner, layout_a, layout_b, group: str, params: set
     return aligner.update(space, step)
 
 
-def _heads_step(aligner: Aligner, space: Space, att_a, att_b, width: int) -> bool:
+def _heads_step(aligner: Aligner, space: Space, att_a: AttentionSite, att_b: AttentionSite, width: int) -> bool:
     """Head assignment on circuit distances ‖QK_A,i − QK_B,j‖_F + ‖OV_A,i − OV_B,j‖_F [official code],
     QK taken as the circuit form stores it (QK s, s = sqrt((D+1)/d)), so that a circuit-form A and a
     canonical B compare the same bilinear form. Circuits: invariant to the per-head GL(d) maps."""
