@@ -221,6 +221,9 @@ def test_experiment_jobs_write_tables(tmp_path):
     diag = res[res["metric"].isin(["max_abs_gamma", "val_gain_last_quarter"])]
     assert set(diag[diag["metric"] == "max_abs_gamma"]["method"]) == {"ace_equality", "ace_resilient"}
     assert set(diag[diag["metric"] == "val_gain_last_quarter"]["method"]) == set(res["method"])
+    summary = pd.read_csv(o.summary)
+    gam = summary[(summary["metric"] == "max_abs_gamma") & (summary["method"] == "ace_equality")]
+    assert len(gam) == 2 and (gam["max"] >= gam["mean"]).all()   # the ledger checks every run: max over seeds
 
 
 # --------------------------------------------------------------------------- γ dynamics (issue 11)
