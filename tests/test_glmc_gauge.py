@@ -7,20 +7,25 @@ gauge is quotiented out) the interpolation midpoint computes A's logits and the 
 Shapes are not used by other tests: odd head counts, with and without qkv bias, tied and untied
 GPT-2, token and average pooling, widths 30-45, 1-2 blocks, 3-5 heads.
 
-Semi-permutations are not planted: they change the MLP width of B (a split unit becomes several),
-and glmc_weight_matching claims permutations for the MLP [official code; GELU admits no more].
+ReLU MLPs also admit semi-permutations (a unit split into copies with incoming weights scaled by
+α_k, Σ α_k = 1). A split changes the MLP width, so that plant relates a split model A to a narrower
+B = g·C of the same C; GELU MLPs admit permutations only [official code].
 """
 from __future__ import annotations
 
 import pytest
 import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
 
-from lmcbench.canonical import canonicalize, embed_like
+from conftest import perturb
+from lmcbench.canonical import canonicalize, embed_like, embed_width
 from lmcbench.data import Dataset
 from lmcbench.matchers import MATCHERS, MatchContext
 from lmcbench.matchers.universe import universe_matching
 from lmcbench.matchers.weight_matching import active_tokens, glmc_weight_matching_states
-from lmcbench.symmetry import apply, sample_element, spec_for
+from lmcbench.symmetry import apply, layout_for, random_semiperm, sample_element, spec_for
 from lmcbench.tasks import LanguageModelingTask
 from test_matchers import (
     assert_same_function,
@@ -173,3 +178,52 @@ def test_width_heterogeneous_pair_with_different_mlp_widths():
     x = inputs_for("gpt2")
     assert_same_function(run(wide, x), outputs(alignment.template, alignment.state_a, x), rtol=1e-5)
     assert_same_function(run(narrow, x), outputs(alignment.template, alignment.state_b, x), rtol=1e-5)
+
+
+def relu_vit(seed: int) -> nn.Module:
+    return perturb(VisionTransformer(img_size=8, patch_size=4, in_chans=3, num_classes=5, depth=1, embed_dim=36,
+                                     num_heads=3, mlp_ratio=2.0, qkv_bias=True, global_pool="token",
+                                     act_layer=nn.ReLU), seed)
+
+
+def relu_gpt2(seed: int) -> nn.Module:
+    config = GPT2Config(vocab_size=40, n_positions=16, n_embd=30, n_layer=2, n_head=5, n_inner=40,
+                        activation_function="relu", tie_word_embeddings=False, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0)
+    return perturb(GPT2LMHeadModel(config), seed)
+
+
+@pytest.mark.parametrize("build", [relu_vit, relu_gpt2], ids=["vit-relu-d1-w36-h3", "gpt2-relu-d2-w30-h5"])
+def test_glmc_weight_matching_recovers_a_semipermutation(build):
+    """A = C with every ReLU MLP split 1.5× wider (a random semi-permutation), B = g·C for g from every
+    other class (orthogonal residual, head perms, per-head GL on QK and OV, MLP perms): weight matching
+    splits B onto A's units and the circuit-form path is A all along."""
+    c = canonicalize(build(0))
+    spec, layout = spec_for(c), layout_for(c)
+    gen = torch.Generator().manual_seed(31)
+    hidden = round(1.5 * layout.mlps[0].hidden)
+    split = {s.name: random_semiperm(s.dim, hidden, gen) for s in spec.subset("blocks.*.mlp")}
+    wide = embed_width(c, layout.width, O=torch.eye(layout.width), hidden=hidden)  # C's module, MLPs `hidden` wide
+    a = loaded(wide, apply(spec, c.state_dict(), split))
+    element = sample_element(spec, gen, classes=CLASSES)
+    assert all(not element[name].is_floating_point() for name in split)  # ReLU MLP spaces draw permutations here
+    b = loaded(c, apply(spec, c.state_dict(), element))
+    x = inputs_for(family_of(c))
+    assert_same_function(run(c, x), run(a, x))
+    assert_same_function(run(c, x), run(b, x))
+
+    alignment = MATCHERS["glmc_weight_matching"](a, b, MatchContext(None, {}, 0))
+    mid = {k: (v + alignment.state_b[k]) / 2 if v.is_floating_point() else v for k, v in alignment.state_a.items()}
+    y_a, y_mid = run(a, x), outputs(alignment.template, mid, x)
+    rel = ((y_mid - y_a).abs().max() / y_a.abs().max()).item()
+    assert rel <= 1e-5, f"midpoint logits differ from A's by {rel:.3g} (relative)"
+    barrier, spread = loss_path(alignment, teacher_task(a), [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert abs(barrier) <= 1e-6 and spread <= 1e-6, (barrier, spread)
+
+
+def test_mlp_widths_that_cannot_be_split_are_an_error():
+    """GELU MLPs of different widths: no semi-permutation exists, so weight matching says what to do."""
+    a = canonicalize(tiny_gpt2(0, depth=1, width=30, heads=3, inner=60, tied=False))
+    b = canonicalize(tiny_gpt2(1, depth=1, width=30, heads=3, inner=40, tied=False))
+    with pytest.raises(ValueError, match="embed the narrower model first"):
+        glmc_weight_matching_states(a, b)

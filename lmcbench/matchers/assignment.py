@@ -2,6 +2,7 @@
 
 * `match_units`: a permutation from a linear assignment problem (scipy's Hungarian solver).
 * `orthogonal_from_gram`: the orthogonal map closest to aligning two sets of vectors (SVD).
+* `cover_units`: a many-to-one assignment (semi-permutations: units split onto several).
 
 Units-first views (`unit_features`) turn every parameter a space acts on into a matrix whose row j
 holds everything unit j reads or writes, so one solver serves residual coordinates, heads (blocks
@@ -41,6 +42,16 @@ def match_units(score: Tensor, maximize: bool = True) -> Tensor:
     idx = torch.empty(len(rows), dtype=torch.long)
     idx[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
     return idx
+
+
+def cover_units(score: Tensor) -> Tensor:
+    """src (m,) for an (m, n) similarity with m >= n: row unit i is assigned column unit src[i], every
+    column at least once. The columns get distinct rows by a linear assignment (Hungarian), every
+    other row its most similar column [inferred]; exact when rows are split copies of columns."""
+    src = score.argmax(1)
+    rows, cols = linear_sum_assignment(score.detach().cpu().double().numpy().T, maximize=True)
+    src[torch.as_tensor(cols)] = torch.as_tensor(rows, dtype=src.dtype)
+    return src
 
 
 def orthogonal_from_gram(gram: Tensor) -> Tensor:

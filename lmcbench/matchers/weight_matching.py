@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from lmcbench.canonical import canonicalize, circuit_form, head_circuits, head_factors
 from lmcbench.matchers import Alignment, MatchContext, register
-from lmcbench.matchers.assignment import match_units, orthogonal_from_gram, unit_features
-from lmcbench.symmetry import apply, layout_for, spec_for
+from lmcbench.matchers.assignment import cover_units, match_units, orthogonal_from_gram, unit_features
+from lmcbench.symmetry import apply, layout_for, perm_matrix, spec_for
 from lmcbench.symmetry.spec import AttentionSite, Layout, Space, SymmetrySpec
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,16 @@ def _compose(total: Tensor | None, step: Tensor) -> Tensor:
     if total is None:
         return step
     if step.is_floating_point():  # matrices: x -> x T S
-        return total @ step
+        return (total if total.is_floating_point() else perm_matrix(total, step.dtype)) @ step
+    if total.is_floating_point():  # a matrix (e.g. a semi-permutation), then a permutation of its columns
+        return total[:, step]
     return total[step]  # indices: new j = old total[step[j]]
 
 
 def _is_identity(step: Tensor) -> bool:
     if step.is_floating_point():
-        return torch.allclose(step, torch.eye(step.shape[0], dtype=step.dtype), atol=1e-7)
+        return step.shape[0] == step.shape[1] and torch.allclose(
+            step, torch.eye(step.shape[0], dtype=step.dtype), atol=1e-7)
     return bool((step == torch.arange(step.numel())).all())
 
 
@@ -56,6 +59,10 @@ class Aligner:
             return False
         self.state_b = apply(SymmetrySpec((space,)), self.state_b, {space.name: step})
         self.element[space.name] = _compose(self.element.get(space.name), step)
+        if step.shape[-1] != space.dim:  # a semi-permutation widened the space: B now has A's shapes there
+            self.spec = SymmetrySpec(tuple(s if s.name != space.name else Space(s.name, s.group, step.shape[-1],
+                                                                              s.actions, s.block)
+                                           for s in self.spec))
         return True
 
 
@@ -192,12 +199,44 @@ def _heads_step(aligner: Aligner, space: Space, att_a: AttentionSite, att_b: Att
     return aligner.update(space, match_units(cost, maximize=False))
 
 
-def _mlp_step(aligner: Aligner, space: Space, cost: str = "l1") -> bool:
+def _split_features(space: Space, state: dict[str, Tensor]) -> Tensor:
+    """Per unit [w_in, b_in] / its norm and w_out / its norm: the same for a ReLU unit and each of its
+    split copies (which keep the direction of the incoming and the outgoing weights)."""
+    parts = [unit_features(space, state, {a.param for a in space.actions if a.role == role}) for role in
+             ("writer", "reader")]
+    return torch.cat([torch.nn.functional.normalize(p, dim=1) for p in parts], 1)
+
+
+def _split_step(aligner: Aligner, space_a: Space, space_b: Space) -> bool:
+    """B's MLP narrower than A's (n < m units) and positively homogeneous (ReLU): the semi-permutation
+    S (n x m) that splits B's units onto A's [inferred, glmc.md section 2: relu(z) = Σ_k relu(α_k z),
+    Σ α_k = 1]. Each A unit i is assigned a B unit src[i] (`cover_units` on cosine similarities of
+    `_split_features`, every B unit used); the widened B's unit i is B's src[i] with incoming weights
+    scaled by α_i = |in_A,i| / Σ_{k: src[k] = src[i]} |in_A,k| and outgoing weights copied. Exact on a
+    planted split; afterwards B has A's MLP width and the usual permutation steps continue."""
+    fa, fb = _split_features(space_a, aligner.state_a), _split_features(space_b, aligner.state_b)
+    src = cover_units(fa @ fb.T)
+    writers = {a.param for a in space_a.actions if a.role == "writer"}
+    norms = unit_features(space_a, aligner.state_a, writers).norm(dim=1).clamp_min(1e-12)  # every unit gets a share
+    alpha = norms / torch.zeros(space_b.dim, dtype=norms.dtype).index_add_(0, src, norms)[src]
+    split = torch.zeros(space_b.dim, space_a.dim, dtype=aligner.state_b[space_b.actions[0].param].dtype)
+    split[src, torch.arange(space_a.dim)] = alpha.to(split.dtype)
+    return aligner.update(space_b, split)
+
+
+def _mlp_step(aligner: Aligner, space_a: Space, space: Space, cost: str = "l1") -> bool:
     """Neuron assignment on distances of L2-normalised [w_in, b_in, w_out] vectors: L1 as in the
     [official code], or "cosine" (the same ranking as L2 on the sphere), which is a matrix product and
     so ~15× faster at GPT-2-small width, where the L1 distance matrix dominates the run time.
-    These weights carry no head gauge; the residual map acts on both sides of the distance alike."""
-    fa = torch.nn.functional.normalize(unit_features(space, aligner.state_a), dim=1)
+    These weights carry no head gauge; the residual map acts on both sides of the distance alike.
+    If B's MLP is narrower than A's (`space_a`), a ReLU MLP is split onto A's units (`_split_step`)."""
+    if space_a.dim != space.dim:
+        if space_a.dim > space.dim and space.group == "semiperm":
+            return _split_step(aligner, space_a, space)
+        raise ValueError(f"{space.name}: A has {space_a.dim} MLP units and B {space.dim}; weight matching can "
+                         "split a narrower B when its activation is positively homogeneous (ReLU), otherwise "
+                         "embed the narrower model first (lmcbench.canonical.embed_like)")
+    fa = torch.nn.functional.normalize(unit_features(space_a, aligner.state_a), dim=1)
     fb = torch.nn.functional.normalize(unit_features(space, aligner.state_b), dim=1)
     if cost == "l1":
         return aligner.update(space, match_units(torch.cdist(fa.float(), fb.float(), p=1), maximize=False))
@@ -220,14 +259,14 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     Returns (canonical A, aligner holding the aligned canonical B and the element found)."""
     canon_a, canon_b = ensure_canonical(model_a), ensure_canonical(model_b)
     layout_a, layout_b = layout_for(canon_a), layout_for(canon_b)
-    spec = spec_for(canon_b)
-    aligner = Aligner(spec, _state(canon_a), _state(canon_b))
-    first, later = _raw_residual_params(spec, layout_b)
+    spec_a = spec_for(canon_a)
+    aligner = Aligner(spec_for(canon_b), _state(canon_a), _state(canon_b))
+    first, later = _raw_residual_params(aligner.spec, layout_b)
     for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
         changed = _residual_step(aligner, layout_a, layout_b, residual, later if it else first, it > 0, tokens)
         for i, (att_a, att_b) in enumerate(zip(layout_a.attentions, layout_b.attentions, strict=True)):
-            changed |= _heads_step(aligner, spec[f"blocks.{i}.heads"], att_a, att_b, layout_b.width)
-            changed |= _mlp_step(aligner, spec[f"blocks.{i}.mlp"], mlp_cost)
+            changed |= _heads_step(aligner, aligner.spec[f"blocks.{i}.heads"], att_a, att_b, layout_b.width)
+            changed |= _mlp_step(aligner, spec_a[f"blocks.{i}.mlp"], aligner.spec[f"blocks.{i}.mlp"], mlp_cost)
         if not changed and it > 0:
             log.info("GLMC weight matching converged after %d rounds", it + 1)
             break
