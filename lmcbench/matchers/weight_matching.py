@@ -253,7 +253,8 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     head assignment on circuit distances and MLP assignment, for `iterations` rounds or until a
     round changes nothing. Every step reads only quantities invariant to the per-head GL(d) maps
     (see each step), so the result does not depend on B's gauge: the group searched is
-    O(D) x heads x MLP permutations, quotiented by per-head GL(d) on QK and OV.
+    O(D) x heads x MLP permutations (and semi-permutations that split a narrower ReLU MLP of B onto
+    A's units), quotiented by per-head GL(d) on QK and OV.
     `tokens`: vocabulary rows the residual step compares (`active_tokens`); None = all.
     A may be in circuit form (a universe of averaged circuits); B is canonicalised.
     Returns (canonical A, aligner holding the aligned canonical B and the element found)."""
