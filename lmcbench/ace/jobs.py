@@ -169,17 +169,23 @@ def val_gain_last_quarter(curves: list[dict], epochs: int, metric: str) -> float
 
 
 def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict, ace_over: dict | None = None):
-    """Train one model; return (records, trajectory, curves) as lists of dicts tagged with `keys`."""
+    """Train one model; return (records, trajectory, curves) as lists of dicts tagged with `keys`.
+    Every run takes the optimisation steps of the default training-set size (`n_train`): a smaller training
+    set gets proportionally more epochs, so that the sample-efficiency sweep compares trained models."""
     from lmcbench.ace.baselines import HEADLINE_EVAL, evals_of, evaluation_form, fit
     from lmcbench.ace.layers import gamma_parameters
     from lmcbench.ace.models import build_image_model, build_nbody_model
 
     tcfg = cfg[task_name]
+    n_default = tcfg["train"].get("n_train") or task.n_train
+    factor = max(1.0, n_default / task.n_train)   # evaluations keep the default's count too
+    train = {**tcfg["train"], "epochs": math.ceil(tcfg["train"]["epochs"] * factor),
+             "eval_every": max(1, round(tcfg["train"].get("eval_every", 1) * factor))}
     seed_everything(seed)
     model = build_image_model(tcfg, method) if task_name == "image" else build_nbody_model(tcfg, method)
     ace = {**cfg["ace"], **(ace_over or {})}
     t0 = time.time()
-    result = fit(model, task, method, tcfg["train"], ace, cfg["baselines"], seed, cfg.get("log_every", 5))
+    result = fit(model, task, method, train, ace, cfg["baselines"], seed, cfg.get("log_every", 5))
     seconds = time.time() - t0
     keys = {**keys, "method": method, "seed": seed, "n_train": task.n_train}
     records = []
@@ -197,7 +203,7 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
         records.append({**diag, "split": "train", "metric": "max_abs_gamma",
                         "value": max(abs(float(g.detach())) for g in gam)})
     records.append({**diag, "split": "val", "metric": "val_gain_last_quarter",
-                    "value": val_gain_last_quarter(result.curves, tcfg["train"]["epochs"], TASK_METRIC[task_name])})
+                    "value": val_gain_last_quarter(result.curves, train["epochs"], TASK_METRIC[task_name])})
     records.append({**keys, "eval": HEADLINE_EVAL[method], "headline": True, "split": "train",
                     "metric": "train_seconds", "layer": "", "value": seconds})
     log.info("%s %s seed %d (%s): %s in %.1fs", task_name, method, seed, keys.get("regime"),
