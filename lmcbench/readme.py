@@ -26,6 +26,7 @@ from lmcbench.tables import read_csv, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT_TABLES = ("glmc_summary.csv", "moe_summary.csv", "ace_summary.csv", "claims.csv")
+ACE_METRICS = ("accuracy", "mse", "equiv_err", "max_abs_gamma")   # the README's ACE columns (ace_summary.csv has more)
 BEGIN = "<!-- BEGIN GENERATED: {name} -->"
 END = "<!-- END GENERATED -->"
 BLOCK = re.compile(r"<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- END GENERATED -->", re.S)
@@ -132,7 +133,7 @@ def moe_section(summary: pd.DataFrame) -> str:
     if summary.empty:
         return ""
     part = summary[(summary["split"] == "test") & (summary["metric"] == "loss")]
-    keys = [k for k in ("experiment", "model", "gating", "n_experts", "placement") if k in part]
+    keys = [k for k in ("experiment", "variant", "model", "gating", "n_experts", "placement") if k in part]
     cells = [f"{m:.3f}" if pd.isna(r) or meth == "naive" else f"{m:.3f} ({r:.2f})" for m, r, meth in
              zip(part["barrier_mean"], part["ratio_to_naive_mean"], part["method"])]
     table = part.assign(cell=cells).pivot(index=keys, columns="method", values="cell")
@@ -144,8 +145,8 @@ def moe_section(summary: pd.DataFrame) -> str:
 def ace_section(summary: pd.DataFrame) -> str:
     if summary.empty:
         return ""
-    acc = summary[summary["experiment"] == "accuracy"]
-    cells = acc.assign(cell=[_pm(m, s, 4 if metric in ("mse", "equiv_err") else 3) for m, s, metric in
+    acc = summary[(summary["experiment"] == "accuracy") & summary["metric"].isin(ACE_METRICS)]
+    cells = acc.assign(cell=[_pm(m, s, 3 if metric == "accuracy" else 4) for m, s, metric in
                              zip(acc["mean"], acc["std"], acc["metric"])],
                        column=acc["task"] + " " + acc["metric"])
     order = list(dict.fromkeys(acc["method"]))

@@ -135,7 +135,8 @@ def glmc_tables(barrier_files: Iterable[str | Path], outputs, reference: str | P
 
 
 # --------------------------------------------------------------------------------------------- MoE-LMC
-MOE_KEYS = ("experiment", "model", "dataset", "gating", "n_experts", "placement", "method", "split", "metric")
+MOE_KEYS = ("experiment", "variant", "model", "dataset", "gating", "n_experts", "placement", "method", "split",
+            "metric")
 
 
 def _output(outputs, name: str):
@@ -196,6 +197,6 @@ def moe_tables(barrier_files: Iterable[str | Path], outputs, reference: str | Pa
     sources = {"rank": (test_loss[1], "rank"), "scaled_excess": (test_loss[1], "scaled_excess"),
                "loss_barrier": (test_loss[0], "barrier"), "loss_barrier_ratio_to_naive": (test_loss[0], "ratio_to_naive")}
     write_csv(versus_published(pd.read_csv(reference), sources,
-                               ("experiment", "model", "gating", "n_experts", "placement", "method")),
+                               ("experiment", "variant", "model", "gating", "n_experts", "placement", "method")),
               _output(outputs, "vs_paper"))
     return summary

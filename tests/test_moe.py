@@ -340,6 +340,23 @@ def test_expert_movement_from_initialisation():
     assert D.expert_movement(moved, a, P) == pytest.approx(1.0)
 
 
+def test_kmeans_router_routes_to_the_nearest_planted_cluster():
+    from lmcbench.moe.router_init import centroid_router, kmeans
+
+    g = torch.Generator().manual_seed(0)
+    centres = 6 * torch.randn(4, 8, generator=g, dtype=torch.float64)
+    label = torch.randint(4, (400,), generator=g)
+    x = centres[label] + 0.3 * torch.randn(400, 8, generator=g, dtype=torch.float64)
+    found = kmeans(x, 4, torch.Generator().manual_seed(3))
+    perm = torch.cdist(centres, found).argmin(1)
+    assert sorted(perm.tolist()) == [0, 1, 2, 3]             # one centroid per planted cluster
+    torch.testing.assert_close(found[perm], centres, rtol=0, atol=0.15)
+    w, b = centroid_router(x, found, scale=3.0)
+    assert torch.equal((x @ w.T + b).argmax(1), torch.cdist(x, found).argmin(1))   # linear = nearest centroid
+    sharp, soft = (D.routing_entropy(x @ w.T * s + b * s)[0] for s in (1.0, 0.1))
+    assert sharp < soft
+
+
 @pytest.mark.parametrize("family, placement", [("vit", "first"), ("vit", "last"), ("gpt2", "first")])
 def test_pair_evaluator_equals_end_to_end_interpolation(family, placement, datasets):
     from lmcbench.barrier import interpolation_curve

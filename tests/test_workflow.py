@@ -81,10 +81,12 @@ def expected_jobs(config: dict) -> dict[str, int]:
     if glmc.get("multi_model", {}).get("models"):
         jobs["glmc_multi_model"] = len(glmc["multi_model"]["models"]) * len(glmc["multi_model"]["methods"])
     moe = config.get("moe", {})
-    if moe.get("models"):  # one job per (model, gating, n_experts, placement), all seeds inside
-        setting = lambda model, key: moe["models"][model].get(key, moe.get(key))  # noqa: E731
-        jobs["moe_sweep"] = sum(len(setting(m, "gatings")) * len(setting(m, "n_experts")) * len(setting(m, "placements"))
-                                for m in moe["models"])
+    if moe.get("models"):  # one job per (model, variant, gating, n_experts, placement), all seeds inside
+        variants = moe.get("variants", {"paper": {}})
+        setting = lambda model, v, key: variants[v].get(key, moe["models"][model].get(key, moe.get(key)))  # noqa: E731
+        jobs["moe_sweep"] = sum(len(setting(m, v, "gatings")) * len(setting(m, v, "n_experts"))
+                                * len(setting(m, v, "placements"))
+                                for m in moe["models"] for v in variants if m in variants[v].get("models", moe["models"]))
         jobs["moe_tables"] = jobs["moe_figures"] = 1
         if moe.get("full_model", {}).get("models"):
             jobs["moe_full_model"] = len(moe["full_model"]["models"])

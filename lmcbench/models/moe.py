@@ -24,6 +24,15 @@ assignments by expert, scatters them into an (n, capacity, d) buffer (capacity =
 expert load, so no token is dropped), runs the experts as one batched einsum and index-adds the
 weighted results back. Both are checked against a per-token reference in tests/test_moe.py.
 
+Initialisation: nn.Linear's U(±1/√fan_in) for every tensor (the paper's "randomly initialised"
+MoE [secondary]). Two options beyond the paper [inferred], for runs where experts should specialise
+at CPU scale: ``router_scale`` multiplies the router's initial weights (a confident router from the
+start; routing entropy falls), and ``expert_init="zero_out"`` starts every expert's output layer
+(B_i, v_i) at zero, so the function an expert computes is what fine-tuning taught it rather than
+its random initialisation (zero-initialised residual branches, as in Goyal et al. 2017 / ReZero).
+``router_init="kmeans"`` marks a router that `lmcbench.moe.router_init` sets from data (k-means
+centroids of the layer's inputs, logit gap ≈ router_scale); here it starts like "uniform".
+
 The optional load-balancing loss is Switch-Transformer style, n · Σ_i f_i P_i (f_i: fraction of
 routed slots sent to i, P_i: mean router probability) [inferred: the paper does not mention one];
 it is stored in ``aux_loss`` after each forward and added to the task loss by `AuxLossTask`.
@@ -38,6 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 GATINGS = ("dense", "topk", "shared")
+EXPERT_INITS = ("uniform", "zero_out")
+ROUTER_INITS = ("uniform", "kmeans")
 ACTIVATIONS = {"gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
 
 
@@ -52,7 +63,8 @@ class MoE(nn.Module):
 
     def __init__(self, d: int, hidden: int, n_experts: int, gating: str = "dense", k: int = 2, n_shared: int = 0,
                  activation: str = "gelu", normalise: str | None = None, dispatch: str = "auto",
-                 aux_loss_coef: float = 0.0, generator: torch.Generator | None = None):
+                 aux_loss_coef: float = 0.0, router_scale: float = 1.0, expert_init: str = "uniform",
+                 router_init: str = "uniform", generator: torch.Generator | None = None):
         super().__init__()
         if gating not in GATINGS:
             raise ValueError(f"unknown gating {gating!r}; expected one of {GATINGS}")
@@ -70,16 +82,22 @@ class MoE(nn.Module):
         self.dispatch = dispatch if dispatch != "auto" else ("batched" if gating == "dense" else "grouped")
         if self.dispatch not in ("batched", "grouped"):
             raise ValueError(f"unknown dispatch {dispatch!r}; expected auto, batched or grouped")
-        self.aux_loss_coef = aux_loss_coef
+        if expert_init not in EXPERT_INITS:
+            raise ValueError(f"unknown expert_init {expert_init!r}; expected one of {EXPERT_INITS}")
+        if router_init not in ROUTER_INITS:
+            raise ValueError(f"unknown router_init {router_init!r}; expected one of {ROUTER_INITS}")
+        self.aux_loss_coef, self.router_scale, self.expert_init = aux_loss_coef, router_scale, expert_init
+        self.router_init = router_init   # "kmeans" is applied from data by lmcbench.moe.router_init
         self.router = nn.Linear(d, n_experts, bias=True)
         g = generator
         with torch.no_grad():
-            self.router.weight.copy_(_uniform((n_experts, d), d, g))
-            self.router.bias.copy_(_uniform((n_experts,), d, g))
+            self.router.weight.copy_(router_scale * _uniform((n_experts, d), d, g))
+            self.router.bias.copy_(router_scale * _uniform((n_experts,), d, g))
         self.w1 = nn.Parameter(_uniform((n_experts, hidden, d), d, g))
         self.b1 = nn.Parameter(_uniform((n_experts, hidden), d, g))
-        self.w2 = nn.Parameter(_uniform((n_experts, d, hidden), hidden, g))
-        self.b2 = nn.Parameter(_uniform((n_experts, d), hidden, g))
+        out_scale = 0.0 if expert_init == "zero_out" else 1.0
+        self.w2 = nn.Parameter(out_scale * _uniform((n_experts, d, hidden), hidden, g))
+        self.b2 = nn.Parameter(out_scale * _uniform((n_experts, d), hidden, g))
         if self.n_shared:
             s = self.n_shared
             self.shared_w1 = nn.Parameter(_uniform((s, hidden, d), d, g))
@@ -96,7 +114,8 @@ class MoE(nn.Module):
         """The constructor arguments (without the generator) that rebuild this layer's shapes."""
         return {"d": self.d, "hidden": self.hidden, "n_experts": self.n_experts, "gating": self.gating,
                 "k": self.k, "n_shared": self.n_shared, "activation": self.activation,
-                "normalise": self.normalise, "dispatch": self.dispatch, "aux_loss_coef": self.aux_loss_coef}
+                "normalise": self.normalise, "dispatch": self.dispatch, "aux_loss_coef": self.aux_loss_coef,
+                "router_scale": self.router_scale, "expert_init": self.expert_init, "router_init": self.router_init}
 
     # ------------------------------------------------------------------ gating
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -222,14 +241,14 @@ def _ffn_shape(mlp: nn.Module) -> tuple[int, int]:
 
 
 MOE_KEYS = ("n_experts", "gating", "k", "n_shared", "hidden", "activation", "normalise", "dispatch",
-            "aux_loss_coef", "placement")
+            "aux_loss_coef", "router_scale", "expert_init", "router_init", "placement")
 
 
 def insert_moe(model: nn.Module, moe_cfg: dict, generator: torch.Generator | None = None) -> nn.Module:
     """Replace the FFN (`blocks[i].mlp` / `transformer.h[i].mlp`) of the chosen layers by freshly
     initialised MoE layers, in place; returns the model. moe_cfg keys: n_experts, gating, k,
     n_shared, hidden (default: the replaced FFN's width), activation, normalise, dispatch,
-    aux_loss_coef, placement (first / last / all / list). Layers are initialised in block order
+    aux_loss_coef, router_scale, expert_init, router_init, placement (first / last / all / list). Layers are initialised in block order
     from `generator`, so the same generator state gives the same MoE."""
     unknown = set(moe_cfg) - set(MOE_KEYS)
     if unknown:
@@ -241,7 +260,8 @@ def insert_moe(model: nn.Module, moe_cfg: dict, generator: torch.Generator | Non
         layer = MoE(d, moe_cfg.get("hidden") or hidden, moe_cfg["n_experts"], moe_cfg.get("gating", "dense"),
                     moe_cfg.get("k", 2), moe_cfg.get("n_shared", 1), moe_cfg.get("activation", "gelu"),
                     moe_cfg.get("normalise"), moe_cfg.get("dispatch", "auto"), moe_cfg.get("aux_loss_coef", 0.0),
-                    generator)
+                    moe_cfg.get("router_scale", 1.0), moe_cfg.get("expert_init", "uniform"),
+                    moe_cfg.get("router_init", "uniform"), generator)
         blocks[i].mlp = layer.to(device=ref.device, dtype=ref.dtype)
     return model
 

@@ -58,11 +58,12 @@ def routing_entropy(scores: Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def moe_inputs(model: torch.nn.Module, inputs: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
+def moe_inputs(model: torch.nn.Module, inputs: Tensor, batch_size: int = 256,
+               every_token: bool = False) -> dict[str, Tensor]:
     """The tokens (T, d) entering every MoE layer of `model` (eval mode) on `inputs`; for a ViT MoE
-    whose output reaches the logits only through the class token, only that token."""
+    whose output reaches the logits only through the class token, only that token (unless every_token)."""
     captured: dict[str, list[Tensor]] = {}
-    blocks = getattr(model, "blocks", None)
+    blocks = getattr(model, "blocks", None) if not every_token else None
     cls_only = {f"blocks.{i}.mlp" for i in range(len(blocks)) if class_token_only(model, i)} if blocks else set()
 
     def grab(name, x):

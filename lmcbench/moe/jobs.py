@@ -31,6 +31,7 @@ from lmcbench.data import load_dataset
 from lmcbench.io import provenance, run_id, write_json
 from lmcbench.models.moe import MOE_KEYS, AuxLossTask, freeze_backbone, insert_moe
 from lmcbench.moe.evaluation import PairEvaluator
+from lmcbench.moe.router_init import kmeans_routers
 from lmcbench.moe.matching import METHODS, align, align_with_orders, all_orders, order_key
 from lmcbench.tables import write_csv
 from lmcbench.tasks import make_task
@@ -87,15 +88,26 @@ def moe_layer_cfg(moe_cfg: dict) -> dict:
     return {k: moe_cfg[k] for k in MOE_KEYS if k in moe_cfg}
 
 
-def initial_moe(backbone: torch.nn.Module, moe_cfg: dict, seed: int) -> torch.nn.Module:
-    """A copy of `backbone` with fresh MoE layers initialised from `seed` (before any fine-tuning)."""
-    return insert_moe(copy.deepcopy(backbone), moe_layer_cfg(moe_cfg), torch.Generator().manual_seed(seed))
+ROUTER_INIT_EXAMPLES = 512   # training inputs whose tokens the k-means router initialisation clusters
+
+
+def initial_moe(backbone: torch.nn.Module, moe_cfg: dict, seed: int, task=None) -> torch.nn.Module:
+    """A copy of `backbone` with fresh MoE layers initialised from `seed` (before any fine-tuning);
+    with router_init "kmeans", the routers are set from the first training inputs of `task`."""
+    generator = torch.Generator().manual_seed(seed)
+    model = insert_moe(copy.deepcopy(backbone), moe_layer_cfg(moe_cfg), generator)
+    if moe_cfg.get("router_init", "uniform") == "kmeans":
+        if task is None:
+            raise ValueError("router_init 'kmeans' needs the task's training data")
+        inputs = task.eval_tensors("train", ROUTER_INIT_EXAMPLES)[0]
+        kmeans_routers(model, inputs, moe_cfg.get("router_scale", 1.0), generator)
+    return model
 
 
 def finetune_moe(backbone: torch.nn.Module, task, moe_cfg: dict, train_cfg: dict, seed: int,
                  train_backbone: bool = False, progress: bool = False):
     """A copy of `backbone` with fresh MoE layers (initialised from `seed`) fine-tuned on `task`."""
-    model = initial_moe(backbone, moe_cfg, seed)
+    model = initial_moe(backbone, moe_cfg, seed, task)
     freeze_backbone(model, train_backbone)
     seed_everything(seed)
     task = AuxLossTask(task) if moe_cfg.get("aux_loss_coef") else task
@@ -202,7 +214,7 @@ def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict,
     for seed in seeds:
         model, result = finetune_moe(backbone, task, moe_cfg, train_cfg, seed, train_backbone, progress)
         states[seed] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        inits[seed] = initial_moe(backbone, moe_cfg, seed).state_dict()
+        inits[seed] = initial_moe(backbone, moe_cfg, seed, task).state_dict()
         histories.append(pd.DataFrame(result.history).assign(seed=seed, **(labels or {}), run_id=rid))
         log.info("fine-tuned seed %d: best val loss %.4f", seed, result.best_val_loss)
         if save_models:

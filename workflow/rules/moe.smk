@@ -1,6 +1,8 @@
 # MoE-LMC: fine-tune MoE layers on the frozen dense backbone (the `train` rule's checkpoint of seed
 # `backbone_seed`) for every seed, align every pair of seeds with Algorithm 1 and its baselines,
-# interpolate; tabulate; plot. One job per (model, gating, n_experts, placement) does all seeds.
+# interpolate; tabulate; plot. One job per (model, variant, gating, n_experts, placement) does all seeds.
+# A variant is a named MoE recipe (moe.variants): `paper` is the paper's protocol; others override the
+# MoE layer options (`moe`), the fine-tuning schedule (`train`) and may restrict the grid.
 # moe_full_model (beyond the paper): MoEs on independently trained backbones, whole-model alignment.
 from types import SimpleNamespace
 
@@ -15,19 +17,29 @@ def moe_setting(model, key):
     return MOE_MODELS[model].get(key, MOE.get(key))
 
 
+MOE_VARIANTS = MOE.get("variants", {"paper": {}})
+
+
+def moe_variant_setting(model, variant, key):
+    """A variant's restriction of the grid key, else the model's / track-wide value."""
+    return MOE_VARIANTS[variant].get(key, moe_setting(model, key))
+
+
 MOE_CONFIGS = [
-    (m, g, n, p)
+    (m, v, g, n, p)
     for m in MOE_MODELS
-    for g in moe_setting(m, "gatings")
-    for n in moe_setting(m, "n_experts")
-    for p in moe_setting(m, "placements")
+    for v in MOE_VARIANTS
+    if m in MOE_VARIANTS[v].get("models", MOE_MODELS)
+    for g in moe_variant_setting(m, v, "gatings")
+    for n in moe_variant_setting(m, v, "n_experts")
+    for p in moe_variant_setting(m, v, "placements")
 ]
 MOE_FULL = MOE.get("full_model", {"models": []})
 for _m in MOE_FULL["models"]:
     _require_model(_m, "a model named in moe.full_model")
     if _m not in MOE_MODELS:
         raise ValueError(f"config error: moe.full_model model {_m!r} needs a moe.models.{_m} section (its schedule)")
-MOE_OUTPUTS = [f"{RESULTS}/moe/sweep/{m}/{g}/n{n}/{p}/barriers.csv" for m, g, n, p in MOE_CONFIGS] + [
+MOE_OUTPUTS = [f"{RESULTS}/moe/sweep/{m}/{v}/{g}/n{n}/{p}/barriers.csv" for m, v, g, n, p in MOE_CONFIGS] + [
     f"{RESULTS}/moe/full_model/{m}/barriers.csv" for m in MOE_FULL["models"]
 ]
 
@@ -36,9 +48,10 @@ wildcard_constraints:
     gating="dense|topk|shared",
     n_experts=r"\d+",
     placement="first|last|all",
+    variant=r"[A-Za-z0-9_]+",
 
 
-def moe_layer_cfg(wc):
+def moe_layer_cfg(wc, variant="paper"):
     return {
         "n_experts": int(wc.n_experts),
         "gating": wc.gating,
@@ -47,8 +60,13 @@ def moe_layer_cfg(wc):
         "hidden": MOE.get("hidden"),
         "activation": MOE.get("activation", "gelu"),
         "aux_loss_coef": MOE.get("aux_loss_coef", 0.0),
+        **MOE_VARIANTS.get(variant, {}).get("moe", {}),
         "placement": wc.placement,
     }
+
+
+def moe_train_cfg(model, variant):
+    return {**MOE_MODELS[model]["train"], **MOE_VARIANTS[variant].get("train", {})}
 
 
 def moe_barrier_cfg(model):
@@ -59,17 +77,17 @@ rule moe_sweep:
     input:
         lambda wc: checkpoint(wc.model, MOE.get("backbone_seed", 0)),
     output:
-        barriers=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/barriers.csv",
-        curve=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/curve.csv",
-        ranks=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/ranks.csv",
-        diagnostics=f"{RESULTS}/moe/sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}/diagnostics.csv",
+        barriers=f"{RESULTS}/moe/sweep/{{model}}/{{variant}}/{{gating}}/n{{n_experts}}/{{placement}}/barriers.csv",
+        curve=f"{RESULTS}/moe/sweep/{{model}}/{{variant}}/{{gating}}/n{{n_experts}}/{{placement}}/curve.csv",
+        ranks=f"{RESULTS}/moe/sweep/{{model}}/{{variant}}/{{gating}}/n{{n_experts}}/{{placement}}/ranks.csv",
+        diagnostics=f"{RESULTS}/moe/sweep/{{model}}/{{variant}}/{{gating}}/n{{n_experts}}/{{placement}}/diagnostics.csv",
     log:
-        f"{RESULTS}/logs/moe_sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}.log",
+        f"{RESULTS}/logs/moe_sweep/{{model}}/{{variant}}/{{gating}}/n{{n_experts}}/{{placement}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/moe_sweep/{{model}}/{{gating}}/n{{n_experts}}/{{placement}}.tsv"
+        f"{RESULTS}/benchmarks/moe_sweep/{{model}}/{{variant}}/{{gating}}/n{{n_experts}}/{{placement}}.tsv"
     params:
-        moe_cfg=moe_layer_cfg,
-        train_cfg=lambda wc: MOE_MODELS[wc.model]["train"],
+        moe_cfg=lambda wc: moe_layer_cfg(wc, wc.variant),
+        train_cfg=lambda wc: moe_train_cfg(wc.model, wc.variant),
         data_cfg=lambda wc: dataset_cfg(wc.model),
         seeds=MOE.get("seeds", SEEDS),
         barrier_cfg=lambda wc: moe_barrier_cfg(wc.model),
@@ -80,6 +98,7 @@ rule moe_sweep:
         labels=lambda wc: {
             "track": "moe",
             "experiment": "sweep",
+            "variant": wc.variant,
             "model": wc.model,
             "dataset": dataset_cfg(wc.model)["name"],
             "gating": wc.gating,
@@ -121,6 +140,7 @@ rule moe_full_model:
         labels=lambda wc: {
             "track": "moe",
             "experiment": "full_model",
+            "variant": "paper",
             "model": wc.model,
             "dataset": dataset_cfg(wc.model)["name"],
             "gating": MOE_FULL.get("gating", "dense"),
