@@ -334,8 +334,8 @@ def test_shipped_ace_and_moe_claims_on_tables_shaped_like_the_runs(tmp_path):
                             "epoch": e, "eval": "eq", "split": "val", "metric": "mse", "value": rng.uniform()}
                            for m in ("strict", "ace_equality") for s in (0, 1, 2) for e in (1, 2, 3)])
     moe = barrier_table({"naive": [1.0, 1.2, 0.9], "expert_wm": [0.2, 0.3, 0.25], "gate_wm": [0.3, 0.2, 0.4],
-                         "skip_order": [0.8, 0.9, 1.0]}).assign(experiment="sweep", gating="dense", n_experts=4,
-                                                                 placement="first")
+                         "skip_order": [0.8, 0.9, 1.0]}).assign(experiment="sweep", variant="paper", gating="dense",
+                                                                 n_experts=4, placement="first")
     moe = moe.assign(ratio_to_naive=moe["barrier"] / moe.groupby(["seed_a", "seed_b", "split", "metric"])["barrier"]
                      .transform("max"))
     ranks = moe[moe["method"].isin(["expert_wm", "gate_wm"]) & (moe["split"] == "test")].assign(
@@ -352,9 +352,9 @@ def test_shipped_ace_and_moe_claims_on_tables_shaped_like_the_runs(tmp_path):
         assert out.loc[("ace.C2", f"task={task}"), "verdict"] == "holds"
         assert out.loc[("ace.C2", f"task={task}"), "ours_mean"] == 0.0
         assert out.loc[("ace.C1", f"task={task}"), "ours_mean"] == pytest.approx(0.01)   # |γ| at step 99
-    scope = "model=vit, gating=dense, n_experts=4, placement=first"
+    scope = "model=vit, variant=paper, gating=dense, n_experts=4, placement=first"
     assert out.loc[("moe.C6a", scope), "verdict"] == "holds" and out.loc[("moe.C9", scope), "verdict"] == "holds"
-    assert out.loc[("moe.C8c", "model=vit, gating=dense, n_experts=4"), "n"] == 3
+    assert out.loc[("moe.C8c", "model=vit, variant=paper, gating=dense, n_experts=4"), "n"] == 3
     assert out.loc["moe.C7", "verdict"].tolist() == ["not run"]   # no last-layer rows
 
 
