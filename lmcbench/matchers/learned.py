@@ -53,8 +53,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LearnedRun:
-    """What `train_latents` found: aligned states, the per-step history, and the record of the run."""
+    """What `train_latents` found: aligned states, the chosen group elements (per B: space -> index
+    tensor or orthogonal matrix, applied on top of the B it was given), the per-step history, and the
+    record of the run."""
     states: list[dict[str, Tensor]]
+    elements: list[dict[str, Tensor]] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     record: dict = field(default_factory=dict)
 
@@ -247,7 +250,7 @@ def train_latents(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, o
     log.info("learned matching: best step %d (val %.4f, start %.4f); moved heads %d, mlp %d, residual %.3g",
              best["step"], best["val_loss"], record["start_val_loss"], record["moved_heads"], record["moved_mlp"],
              record["residual_shift"])
-    return LearnedRun(aligned, history, record)
+    return LearnedRun(aligned, best["element"], history, record)
 
 
 def learn_alignment(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, options: LearningOptions, seed: int,
