@@ -31,7 +31,10 @@ def job_context(log_file: str | Path | None = None, threads: int | None = None) 
         torch.set_num_threads(int(threads))
     if log_file is None:
         configure_logging()
-        yield
+        try:
+            yield
+        finally:  # the handler holds this moment's stderr: a later command in the process sets up its own
+            logging.getLogger().handlers.clear()
         return
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", buffering=1) as fh, contextlib.redirect_stderr(fh):
