@@ -211,19 +211,21 @@ def evaluate_claim(claim: dict, table: pd.DataFrame, profile: str) -> list[dict]
         unit_names = [_scope_key(_key(k)[len(per):]) for k in values.index]
         paper = claim.get("paper_value")
         paper = paper.get(scope) if isinstance(paper, dict) else paper
-        notes = []
-        if n == 0:
-            missing = "an arm has no rows" if b is not None else "no rows"
-            notes.append(f"{missing} for this scope in this run")
+        notes, judged = [], verdict(low, high, n, claim["op"], claim["threshold"])
+        if n == 0 and dropped:   # the rows exist, the statistic does not (e.g. a ratio to a zero barrier)
+            notes.append(f"none of the {dropped} unit(s) has a finite value")
+            judged = "inconclusive"
+        elif n == 0:
+            notes.append(f"{'an arm has' if b is not None else 'there are'} no rows for this scope in this run")
         elif n == 1:
             notes.append("one unit: no interval")
-        if dropped:
+        if dropped and n:
             notes.append(f"{dropped} unit(s) without a finite value left out")
         scope_text = ", ".join(f"{k}={v}" for k, v in zip(per, scope.split("/"))) if per and scope else ""
         out.append({**base, "scope": scope_text, "ours_mean": mean, "ours_ci_low": low, "ours_ci_high": high, "n": n,
                     "interval": f"t {LEVEL:.0%} over {n} {'+'.join(claim['pair_on'])} unit(s)" if n else "",
                     "paper_value": paper if paper is not None else float("nan"),
-                    "verdict": verdict(low, high, n, claim["op"], claim["threshold"]),
+                    "verdict": judged,
                     "note": "; ".join(notes),
                     "rows": rows_text(scope_text),
                     "units": " ".join(unit_names)})

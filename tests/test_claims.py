@@ -393,3 +393,13 @@ def test_cli_claims_readme_and_golden(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["golden", "--results", str(run), "--golden", str(gold)]) == 1
     assert "claims.csv" in capsys.readouterr().out
+
+
+def test_units_without_a_finite_statistic_are_inconclusive_not_missing():
+    """A ratio to a zero barrier: the experiment ran, the statistic is undefined."""
+    table = barrier_table({"wm": [0.0, 0.0, 0.1], "vanilla": [0.0, 0.0, 0.0]})
+    row = ledger(claim(stat="ratio", op="<=", threshold=0.5), table).iloc[0]
+    assert row["verdict"] == "inconclusive" and row["n"] == 0 and "finite" in row["note"]
+    table = barrier_table({"wm": [0.1, 0.2, 0.1], "vanilla": [1.0, 0.0, 1.2]})
+    row = ledger(claim(stat="ratio", op="<=", threshold=0.5), table).iloc[0]
+    assert row["n"] == 2 and "1 unit(s) without a finite value" in row["note"]
