@@ -1,5 +1,9 @@
 # The claims ledger: every testable claim of the three papers (results/reference/claims.yaml), evaluated
 # on this run's tables with a paired t interval over seeds or seed pairs (lmcbench.claims).
+from lmcbench.claims import load_claims
+
+CLAIMS_REGISTRY = "results/reference/claims.yaml"
+load_claims(CLAIMS_REGISTRY)   # at parse time: a broken registry stops the run (and a dry run) before any job
 
 
 rule claims:
@@ -10,7 +14,7 @@ rule claims:
         rules.ace_tables.output.results,
         rules.ace_tables.output.trajectories,
         rules.ace_tables.output.curves,
-        registry="results/reference/claims.yaml",
+        registry=CLAIMS_REGISTRY,
     output:
         csv=report(
             f"{RESULTS}/tables/claims.csv",
