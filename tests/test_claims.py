@@ -403,3 +403,15 @@ def test_units_without_a_finite_statistic_are_inconclusive_not_missing():
     table = barrier_table({"wm": [0.1, 0.2, 0.1], "vanilla": [1.0, 0.0, 1.2]})
     row = ledger(claim(stat="ratio", op="<=", threshold=0.5), table).iloc[0]
     assert row["n"] == 2 and "1 unit(s) without a finite value" in row["note"]
+
+
+def test_a_broken_registry_stops_the_dry_run(tmp_path):
+    from conftest import copy_workflow, run_snakemake
+
+    copy_workflow(tmp_path)
+    registry = tmp_path / "results" / "reference" / "claims.yaml"
+    registry.write_text(registry.read_text().replace("    stat: ratio\n", "    stat: quotient\n", 1))
+    result = run_snakemake("-n", "--cores", "1", "--configfile", "workflow/config/smoke.yaml", cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "quotient" in out and "glmc.C2a" in out, out[-2000:]
+    assert "Job stats:" not in out
