@@ -95,6 +95,8 @@ def _seeds(config: dict, model: str) -> tuple[list, str]:
 def check_cross_keys(config: dict) -> None:
     """Rules between keys: seed counts against the experiments that need ≥ 3 models, non-empty
     ACE task list, dataset roots that exist."""
+    from lmcbench.data import LOCAL_DATASETS
+
     models = config.get("models", {})
     multi = (config.get("glmc") or {}).get("multi_model") or {}
     if multi.get("methods"):
@@ -117,13 +119,17 @@ def check_cross_keys(config: dict) -> None:
     if "ace" in config and not config["ace"].get("tasks"):
         raise ConfigError("config error at ace.tasks: the list is empty; name at least one of image, nbody")
     used = {m["dataset"] for m in models.values()}
-    roots = [(f"datasets.{k}.root", d.get("root")) for k, d in config.get("datasets", {}).items() if k in used]
+    data = [(f"datasets.{k}", d) for k, d in config.get("datasets", {}).items() if k in used]
     ace = config.get("ace") or {}
     if "image" in ace.get("tasks", []):
-        roots.append(("ace.image.data.root", ace.get("image", {}).get("data", {}).get("root")))
-    for key, root in roots:
+        data.append(("ace.image.data", ace.get("image", {}).get("data", {})))
+    for key, cfg in data:
+        root = cfg.get("root")
+        if not root and cfg.get("name") in LOCAL_DATASETS:
+            raise ConfigError(f"config error at {key}.root: dataset {cfg['name']!r} is read from a local copy, "
+                              f"which lmcbench never downloads; set {key}.root to it (README 'Profiles')")
         if root and not Path(root).expanduser().exists():
-            raise ConfigError(f"config error at {key}: {root} does not exist (relative paths are taken from "
+            raise ConfigError(f"config error at {key}.root: {root} does not exist (relative paths are taken from "
                               f"{Path.cwd()}); point it at the local copy of the dataset")
 
 

@@ -178,6 +178,7 @@ BAD_CONFIGS = [  # (override, what the one-line error must name)
     ({"ace": {"tasks": []}}, ["ace.tasks"]),
     ({"datasets": {"images": {"name": "cifar10", "root": "/nonexistent/cifar-10-batches-py"}}},
      ["datasets.images.root", "/nonexistent/cifar-10-batches-py"]),
+    ({"datasets": {"images": {"name": "cifar10"}}}, ["datasets.images.root", "cifar10", "never downloads"]),
     ({"seedz": [0, 1, 2]}, ["seedz"]),
 ]
 

@@ -22,6 +22,9 @@ DATASETS: dict[str, Callable[[dict], Dataset]] = {
     "text_file": load_text_file,
 }
 
+# read from a local copy at cfg["root"] (never downloaded); the others ship inside a package
+LOCAL_DATASETS = frozenset({"cifar10", "cifar100", "tiny_imagenet", "tiny_shakespeare", "text_file"})
+
 
 def load_dataset(cfg: dict) -> Dataset:
     """Load, split and preprocess the dataset named by ``cfg["name"]``; same cfg, same tensors."""
@@ -31,4 +34,4 @@ def load_dataset(cfg: dict) -> Dataset:
     return DATASETS[name](cfg)
 
 
-__all__ = ["DATASETS", "Dataset", "DatasetNotFoundError", "load_dataset"]
+__all__ = ["DATASETS", "LOCAL_DATASETS", "Dataset", "DatasetNotFoundError", "load_dataset"]
