@@ -1,24 +1,27 @@
 """Benchmarks measured with the project's own code (`lmcbench bench {rules,matching,matching-scale,throughput}`).
 
 `rules`: per-rule wall time of a finished DAG, from Snakemake's benchmark files.
-`matching`: wall time of GLMC weight matching on a pair of randomly initialised GPT-2 models,
-GPT-2-small-sized by default (n_embd 768, 12 layers, 12 heads, vocab 50257), split into
-canonicalisation, the matching rounds, and the circuit-form conversion.
+`matching`: GLMC weight matching on a pair of randomly initialised GPT-2 models (`SIZES`: the
+paper's Tiny-Shakespeare size "ts" or GPT-2 small), CPU and wall seconds per phase, peak RSS, and
+whether the aligned model still computes B's function.
 `matching-scale`: the same against width, n_embd 128 → 768 (head size 64, as in GPT-2).
 `throughput`: training samples/s and tokens/s of a profile's models, through the real training loop.
 """
 from __future__ import annotations
 
-import platform
+import os
+import resource
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from lmcbench.canonical import circuit_form
-from lmcbench.matchers.weight_matching import as_model, glmc_weight_matching_states
+from lmcbench.matchers.weight_matching import as_model, default_device, glmc_weight_matching_states
 from lmcbench.models import build_model
+from lmcbench.numerics import cpu_info
 from lmcbench.numerics import state as numerics_state
 
 
@@ -42,28 +45,90 @@ def bench_rules(results: str | Path = "results") -> tuple[pd.DataFrame, pd.DataF
     return jobs, summary
 
 
+# Model sizes of `bench matching --size`: the paper's Tiny-Shakespeare GPT-2 [paper, glmc.md] and GPT-2 small.
+SIZES = {
+    "ts": {"n_embd": 256, "n_layer": 6, "n_head": 4, "n_inner": 1024, "vocab_size": 50257, "n_positions": 256},
+    "small": {"n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": 3072, "vocab_size": 50257, "n_positions": 1024},
+}
+PHASES = ("canonicalise", "residual", "heads", "mlp_cost", "assignment", "circuits")
+
+
+class PhaseTimer:
+    """`timer(name)`: a context charging CPU seconds (process time, all threads) and wall seconds to
+    `name`, exclusively: time spent in a nested phase is charged to it, not to the enclosing one.
+    On CUDA, the device is synchronised at each switch so kernels are charged to their phase."""
+
+    def __init__(self, device: torch.device):
+        self.cpu, self.wall, self.stack = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0), []
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.last = (time.process_time(), time.perf_counter())
+
+    def _switch(self) -> None:
+        self.sync()
+        now = (time.process_time(), time.perf_counter())
+        if self.stack:
+            self.cpu[self.stack[-1]] += now[0] - self.last[0]
+            self.wall[self.stack[-1]] += now[1] - self.last[1]
+        self.last = now
+
+    @contextmanager
+    def __call__(self, name: str):
+        self._switch()
+        self.stack.append(name)
+        try:
+            yield
+        finally:
+            self._switch()
+            self.stack.pop()
+
+
+def _logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(tokens).logits.double()
+
+
 def bench_matching(n_embd: int = 768, n_layer: int = 12, n_head: int = 12, vocab_size: int = 50257,
-                   n_positions: int = 1024, iterations: int = 15, mlp_cost: str = "l1") -> dict:
-    arch = {"n_embd": n_embd, "n_layer": n_layer, "n_head": n_head, "n_inner": 4 * n_embd,
+                   n_positions: int = 1024, iterations: int = 15, mlp_cost: str = "l1", n_inner: int | None = None,
+                   device: str | None = None) -> dict:
+    """GLMC weight matching of two randomly initialised GPT-2 models (seeds 0 and 1): CPU seconds
+    and wall seconds per phase (`PhaseTimer`), the peak RSS of the process, and a function check:
+    the aligned B in circuit form (the matcher's output) computes B's logits on random tokens."""
+    arch = {"n_embd": n_embd, "n_layer": n_layer, "n_head": n_head, "n_inner": n_inner or 4 * n_embd,
             "n_positions": n_positions}
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         models.append(build_model({"family": "gpt2", "arch": arch}, {"vocab_size": vocab_size}).eval())
-    start = time.perf_counter()
-    canon_a, aligner = glmc_weight_matching_states(*models, iterations=iterations, mlp_cost=mlp_cost)
-    matched = time.perf_counter()
-    circuit_form(canon_a), circuit_form(as_model(canon_a, aligner.state_b))
-    done = time.perf_counter()
+    tokens = torch.randint(vocab_size, (2, min(64, n_positions)), generator=torch.Generator().manual_seed(0))
+    expected = _logits(models[1], tokens)
+    device = torch.device(device) if device else default_device()
+    timer = PhaseTimer(device)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    canon_a, aligner = glmc_weight_matching_states(*models, iterations=iterations, mlp_cost=mlp_cost, device=device,
+                                                   phase=timer)
+    with timer("circuits"):
+        circuit_form(canon_a)
+        aligned = circuit_form(as_model(canon_a, aligner.state_b))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    error = ((_logits(aligned, tokens) - expected).abs().max() / expected.abs().max()).item()
     return {
-        "model": f"GPT-2 n_embd {n_embd}, {n_layer} layers, {n_head} heads, vocab {vocab_size}",
+        "model": f"GPT-2 n_embd {n_embd}, {n_layer} layers, {n_head} heads, n_inner {arch['n_inner']}, "
+                 f"vocab {vocab_size}",
         "parameters": sum(p.numel() for p in models[0].parameters()),
         "iterations": iterations,
         "mlp_cost": mlp_cost,
-        "canonicalise_and_match_s": round(matched - start, 2),
-        "circuit_form_both_s": round(done - matched, 2),
+        "device": str(device),
+        **{f"cpu_s.{name}": round(timer.cpu[name], 2) for name in PHASES},
+        "cpu_s.total": round(cpu, 2),
+        "wall_s.total": round(wall, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+        "function_rel_error": f"{error:.2e}",   # aligned B (circuit form) vs B, max |Δ logits| / max |logits|
+        "function_preserved": error <= 1e-4,
         "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "numerics": numerics_state()["mode"],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu_info()["model"],
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
 

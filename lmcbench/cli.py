@@ -103,14 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="workflow/config/default.yaml", help="throughput: profile YAML")
     p.add_argument("--models", nargs="+", default=["vit", "gpt2"], help="throughput: keys of the profile's models")
     p.add_argument("--steps", type=int, default=20, help="throughput: timed optimiser steps")
-    p.add_argument("--device", default=None, help="throughput: cpu or cuda (default: cuda when present)")
+    p.add_argument("--device", default=None, help="throughput, matching: cpu or cuda (default: cuda when present)")
+    p.add_argument("--size", choices=["ts", "small"], default=None,
+                   help="matching: the paper's Tiny-Shakespeare GPT-2 (ts) or GPT-2 small; overrides --n-embd etc.")
     p.add_argument("--widths", type=int, nargs="+", default=[128, 256, 384, 512, 768], help="matching-scale")
     p.add_argument("--out", help="also write the table here (CSV)")
     p.add_argument("--n-embd", type=int, default=768)
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-head", type=int, default=12)
     p.add_argument("--vocab-size", type=int, default=50257)
-    p.add_argument("--iterations", type=int, default=None, help="matching rounds (default: 15; matching-scale: 3)")
+    p.add_argument("--iterations", "--rounds", type=int, default=None,
+                   help="matching rounds (default: 15; matching-scale: 3)")
     p.add_argument("--mlp-cost", choices=["l1", "cosine"], default="l1")
     p.add_argument("--threads", type=int, default=None)
 
@@ -201,8 +204,10 @@ def _run(args, parser) -> int:
                 jobs, table = bench.bench_rules(args.results)
                 print(f"{len(jobs)} jobs, {jobs['wall_s'].sum():.0f} s of job time in all")
             elif args.what == "matching":
-                table = pd.DataFrame([bench.bench_matching(args.n_embd, args.n_layer, args.n_head, args.vocab_size,
-                                                           iterations=args.iterations or 15, mlp_cost=args.mlp_cost)])
+                size = bench.SIZES[args.size] if args.size else {"n_embd": args.n_embd, "n_layer": args.n_layer,
+                                                                  "n_head": args.n_head, "vocab_size": args.vocab_size}
+                table = pd.DataFrame([bench.bench_matching(**size, iterations=args.iterations or 15,
+                                                           mlp_cost=args.mlp_cost, device=args.device)])
             elif args.what == "matching-scale":
                 table = bench.bench_matching_scale(args.widths, args.n_layer, args.iterations or 3, args.mlp_cost,
                                                    args.vocab_size)

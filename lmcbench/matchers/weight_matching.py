@@ -8,8 +8,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
-from typing import Literal
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -17,11 +18,13 @@ from tqdm.auto import tqdm
 
 from lmcbench.canonical import canonicalize, circuit_form, head_circuits, head_factors
 from lmcbench.matchers import Alignment, MatchContext, register
-from lmcbench.matchers.assignment import cover_units, match_units, orthogonal_from_gram, unit_features
+from lmcbench.matchers.assignment import (action_rows, cover_units, l1_distances, match_units,
+                                         orthogonal_from_gram, unit_features)
 from lmcbench.symmetry import apply, layout_for, perm_matrix, spec_for
-from lmcbench.symmetry.spec import AttentionSite, Layout, Space, SymmetrySpec
+from lmcbench.symmetry.spec import Action, AttentionSite, Layout, Space, SymmetrySpec
 
 log = logging.getLogger(__name__)
+Phase = Callable[[str], AbstractContextManager]  # phase(name): a context timing one phase
 
 
 def _state(model: nn.Module) -> dict[str, Tensor]:
@@ -33,7 +36,7 @@ def _compose(total: Tensor | None, step: Tensor) -> Tensor:
     if total is None:
         return step
     if step.is_floating_point():  # matrices: x -> x T S
-        return (total if total.is_floating_point() else perm_matrix(total, step.dtype)) @ step
+        return (total if total.is_floating_point() else perm_matrix(total.to(step.device), step.dtype)) @ step
     if total.is_floating_point():  # a matrix (e.g. a semi-permutation), then a permutation of its columns
         return total[:, step]
     return total[step]  # indices: new j = old total[step[j]]
@@ -42,8 +45,8 @@ def _compose(total: Tensor | None, step: Tensor) -> Tensor:
 def _is_identity(step: Tensor) -> bool:
     if step.is_floating_point():
         return step.shape[0] == step.shape[1] and torch.allclose(
-            step, torch.eye(step.shape[0], dtype=step.dtype), atol=1e-7)
-    return bool((step == torch.arange(step.numel())).all())
+            step, torch.eye(step.shape[0], dtype=step.dtype, device=step.device), atol=1e-7)
+    return bool((step == torch.arange(step.numel(), device=step.device)).all())
 
 
 class Aligner:
@@ -157,37 +160,70 @@ def _circuit_gram(state_a: dict, att_a: AttentionSite, state_b: dict, att_b: Att
     scale = math.sqrt(e / att_a.head_dim) * math.sqrt(e / att_b.head_dim)
     # Σ_h QK_A,h[:D] QK_B,h[:D]^T = Σ_h W_Q,A (W~_K,A^T W~_K,B) W_Q,B^T
     qk = torch.einsum("hrd,hsd->rs", qa[:, :width] @ (ka.transpose(1, 2) @ kb), qb[:, :width]) * scale
-    identity = 2 * h_n * torch.eye(width, dtype=qk.dtype)  # the K and V identity maps of both models
+    identity = 2 * h_n * torch.eye(width, dtype=qk.dtype, device=qk.device)  # the K and V identity maps of both models
     # Σ_h OV_A,h^T OV_B,h = Σ_h W_O,A^T (W~_V,A^T W~_V,B) W_O,B
     ov = torch.einsum("hrd,hds->rs", oa.transpose(1, 2) @ (va.transpose(1, 2) @ vb), ob)
     return (qk + identity) / (3 * h_n * e) + ov / (h_n * e)
 
 
-def _residual_step(aligner: Aligner, layout_a: Layout, layout_b: Layout, group: str, params: set[str], circuits: bool,
-                   tokens: Tensor | None) -> bool:
+def static_residual_gram(space: Space, params: set[str], state_a: dict, layout_a: Layout, state_b: dict,
+                         layout_b: Layout, tokens: Tensor | None, chunk: int = 8192) -> Tensor:
+    """(D, D) float64 cross-Gram Σ F_A F_B^T / columns over the residual actions on `params` (vocabulary
+    rows restricted to `tokens`, see `active_tokens`), computed once per match: these parameters
+    (embeddings, unembedding, positions, norm offsets, output biases) are moved by the residual space
+    only, whose action on B's features is F_B -> M^T F_B (M the residual element so far, a matrix or a
+    permutation's matrix), so their Gram at any later point is this one times M. Chunked over columns,
+    so the float64 copies of the vocabulary matrices are never whole."""
+    states = []
+    for sd, layout in ((state_a, layout_a), (state_b, layout_b)):
+        if tokens is not None:  # only rows of tokens seen in training (`active_tokens`)
+            sd = {**sd, **{r.param: sd[r.param].index_select(r.axis, tokens.to(sd[r.param].device))
+                           for r in layout.vocab}}
+        states.append(sd)
+    gram = torch.zeros(space.size, space.size, dtype=torch.float64, device=state_b[space.actions[0].param].device)
+    for action in space.actions:
+        if action.param in params:
+            xa, xb = (action_rows(space, action, sd) for sd in states)
+            block = sum(xa[:, c:c + chunk].double() @ xb[:, c:c + chunk].double().T
+                        for c in range(0, xa.shape[1], chunk))
+            gram += block / xa.shape[1]
+    return gram
+
+
+def _as_matrix(element: Tensor, like: Tensor) -> Tensor:
+    """A residual element as the matrix M of x -> x M, in `like`'s dtype and device."""
+    if element.is_floating_point():
+        return element.to(like)
+    return perm_matrix(element.to(like.device), like.dtype)
+
+
+def _residual_step(aligner: Aligner, layout_a: Layout, layout_b: Layout, group: str, static_gram: Tensor,
+                   params: set[str], circuits: bool, phase: Phase) -> bool:
     """Residual map from the cross-Gram G = F_A F_B^T of residual-coordinate features [official code
-    `weight_matching`]: stored rows of `params` (vocabulary rows restricted to `tokens`), plus, with
-    `circuits`, every layer's attention circuits. Orthogonal: Procrustes O = U V^T; "perm":
-    the assignment maximising tr(P^T G), i.e. minimising squared Euclidean row distances
-    (GLMC's permutation-only mode). Every feature is invariant to the per-head GL(d) maps."""
+    `weight_matching`]: the rows of the residual-only parameters (`static_residual_gram`, moved by
+    the residual element so far), stored rows of the further `params`, plus, with `circuits`, every
+    layer's attention circuits. Orthogonal: Procrustes O = U V^T; "perm": the assignment maximising
+    tr(P^T G), i.e. minimising squared Euclidean row distances (GLMC's permutation-only mode).
+    Every feature is invariant to the per-head GL(d) maps."""
     space = aligner.spec["residual"]
-    states = [aligner.state_a, aligner.state_b]
-    if tokens is not None:  # only rows of tokens seen in training (`active_tokens`)
-        states = [{**sd, **{r.param: sd[r.param].index_select(r.axis, tokens.to(sd[r.param].device))
-                            for r in layout.vocab}} for sd, layout in zip(states, (layout_a, layout_b))]
-    fa, fb = (unit_features(space, sd, params, normalise_blocks=True) for sd in states)
-    gram = fa @ fb.T
+    total = aligner.element.get("residual")
+    gram = static_gram if total is None else static_gram @ _as_matrix(total, static_gram)
+    if params:
+        fa, fb = (unit_features(space, sd, params, normalise_blocks=True) for sd in (aligner.state_a, aligner.state_b))
+        gram = gram + fa @ fb.T
     if circuits:
         for att_a, att_b in zip(layout_a.attentions, layout_b.attentions, strict=True):
             gram = gram + _circuit_gram(aligner.state_a, att_a, aligner.state_b, att_b, layout_b.width)
     if group == "orth":
         step = orthogonal_from_gram(gram).to(aligner.state_b[space.actions[0].param].dtype)
     else:
-        step = match_units(gram)
+        with phase("assignment"):
+            step = match_units(gram)
     return aligner.update(space, step)
 
 
-def _heads_step(aligner: Aligner, space: Space, att_a: AttentionSite, att_b: AttentionSite, width: int) -> bool:
+def _heads_step(aligner: Aligner, space: Space, att_a: AttentionSite, att_b: AttentionSite, width: int,
+                phase: Phase) -> bool:
     """Head assignment on circuit distances ‖QK_A,i − QK_B,j‖_F + ‖OV_A,i − OV_B,j‖_F [official code],
     QK taken as the circuit form stores it (QK s, s = sqrt((D+1)/d)), so that a circuit-form A and a
     canonical B compare the same bilinear form. Circuits: invariant to the per-head GL(d) maps."""
@@ -196,7 +232,9 @@ def _heads_step(aligner: Aligner, space: Space, att_a: AttentionSite, att_b: Att
     qk_b = qk_b.double() * math.sqrt((width + 1) / att_b.head_dim)
     cost = torch.cdist(qk_a.flatten(1), qk_b.flatten(1)) + torch.cdist(ov_a.double().flatten(1),
                                                                        ov_b.double().flatten(1))
-    return aligner.update(space, match_units(cost, maximize=False))
+    with phase("assignment"):
+        step = match_units(cost, maximize=False)
+    return aligner.update(space, step)
 
 
 def _split_features(space: Space, state: dict[str, Tensor]) -> Tensor:
@@ -218,16 +256,28 @@ def _split_step(aligner: Aligner, space_a: Space, space_b: Space) -> bool:
     src = cover_units(fa @ fb.T)
     writers = {a.param for a in space_a.actions if a.role == "writer"}
     norms = unit_features(space_a, aligner.state_a, writers).norm(dim=1).clamp_min(1e-12)  # every unit gets a share
-    alpha = norms / torch.zeros(space_b.dim, dtype=norms.dtype).index_add_(0, src, norms)[src]
-    split = torch.zeros(space_b.dim, space_a.dim, dtype=aligner.state_b[space_b.actions[0].param].dtype)
-    split[src, torch.arange(space_a.dim)] = alpha.to(split.dtype)
+    src = src.to(norms.device)
+    alpha = norms / torch.zeros(space_b.dim, dtype=norms.dtype, device=norms.device).index_add_(0, src, norms)[src]
+    like = aligner.state_b[space_b.actions[0].param]
+    split = torch.zeros(space_b.dim, space_a.dim, dtype=like.dtype, device=like.device)
+    split[src, torch.arange(space_a.dim, device=like.device)] = alpha.to(split.dtype)
     return aligner.update(space_b, split)
 
 
-def _mlp_step(aligner: Aligner, space_a: Space, space: Space, cost: str = "l1") -> bool:
-    """Neuron assignment on distances of L2-normalised [w_in, b_in, w_out] vectors: L1 as in the
-    [official code], or "cosine" (the same ranking as L2 on the sphere), which is a matrix product and
-    so ~15× faster at GPT-2-small width, where the L1 distance matrix dominates the run time.
+def mlp_features(space: Space, state: dict[str, Tensor], cost: str) -> Tensor:
+    """L2-normalised [w_in, b_in, w_out] rows of an MLP space: float32 for the L1 cost (as the
+    [official code] compares them), float64 for the cosine cost."""
+    if cost not in ("l1", "cosine"):
+        raise ValueError(f"unknown mlp_cost {cost!r}; expected 'l1' or 'cosine'")
+    features = torch.nn.functional.normalize(unit_features(space, state), dim=1)
+    return features.float() if cost == "l1" else features
+
+
+def _mlp_step(aligner: Aligner, space_a: Space, space: Space, features_a: Tensor, cost: str, phase: Phase) -> bool:
+    """Neuron assignment on distances of L2-normalised [w_in, b_in, w_out] vectors (`mlp_features`;
+    A's, `features_a`, are fixed and computed once): L1 as in the [official code] (`l1_distances`), or
+    "cosine" (the same ranking as L2 on the sphere), which is a matrix product and so ~15x faster
+    at GPT-2-small width, where the L1 distance matrix dominates the run time.
     These weights carry no head gauge; the residual map acts on both sides of the distance alike.
     If B's MLP is narrower than A's (`space_a`), a ReLU MLP is split onto A's units (`_split_step`)."""
     if space_a.dim != space.dim:
@@ -236,18 +286,32 @@ def _mlp_step(aligner: Aligner, space_a: Space, space: Space, cost: str = "l1") 
         raise ValueError(f"{space.name}: A has {space_a.dim} MLP units and B {space.dim}; weight matching can "
                          "split a narrower B when its activation is positively homogeneous (ReLU), otherwise "
                          "embed the narrower model first (lmcbench.canonical.embed_like)")
-    fa = torch.nn.functional.normalize(unit_features(space_a, aligner.state_a), dim=1)
-    fb = torch.nn.functional.normalize(unit_features(space, aligner.state_b), dim=1)
-    if cost == "l1":
-        return aligner.update(space, match_units(torch.cdist(fa.float(), fb.float(), p=1), maximize=False))
-    if cost == "cosine":
-        return aligner.update(space, match_units(fa @ fb.T))
-    raise ValueError(f"unknown mlp_cost {cost!r}; expected 'l1' or 'cosine'")
+    features_b = mlp_features(space, aligner.state_b, cost)
+    score = l1_distances(features_a, features_b) if cost == "l1" else features_a @ features_b.T
+    with phase("assignment"):
+        step = match_units(score, maximize=cost != "l1")
+    return aligner.update(space, step)
+
+
+def default_device() -> torch.device:
+    """Where matching runs unless told: the GPU when there is one (cost matrices, Procrustes, the
+    application of each step; the assignment problems are solved on the CPU)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _untimed(name: str) -> AbstractContextManager:
+    return nullcontext()
+
+
+def _with_actions(spec: SymmetrySpec, name: str, keep: Callable[[Action], bool]) -> SymmetrySpec:
+    return SymmetrySpec(tuple(replace(s, actions=tuple(a for a in s.actions if keep(a))) if s.name == name else s
+                              for s in spec))
 
 
 def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iterations: int = 15,
                                 residual: str = "orth", mlp_cost: str = "l1",
-                                tokens: Tensor | None = None) -> tuple[nn.Module, Aligner]:
+                                tokens: Tensor | None = None, device: str | torch.device | None = None,
+                                phase: Phase = _untimed) -> tuple[nn.Module, Aligner]:
     """GLMC's data-free matcher [official code `weight_matching`] on the canonical forms of A and B:
     alternate residual alignment (orthogonal Procrustes, or a permutation with residual="perm"),
     head assignment on circuit distances and MLP assignment, for `iterations` rounds or until a
@@ -256,21 +320,50 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     O(D) x heads x MLP permutations (and semi-permutations that split a narrower ReLU MLP of B onto
     A's units), quotiented by per-head GL(d) on QK and OV.
     `tokens`: vocabulary rows the residual step compares (`active_tokens`); None = all.
+    `device`: where the tensors live while matching (default `default_device`); the results are
+    returned on the CPU. `phase(name)`: a context manager around each phase (`lmcbench bench matching`
+    times them): canonicalise, residual, heads, mlp_cost, assignment (nested in the others), circuits.
     A may be in circuit form (a universe of averaged circuits); B is canonicalised.
-    Returns (canonical A, aligner holding the aligned canonical B and the element found)."""
-    canon_a, canon_b = ensure_canonical(model_a), ensure_canonical(model_b)
-    layout_a, layout_b = layout_for(canon_a), layout_for(canon_b)
-    spec_a = spec_for(canon_a)
-    aligner = Aligner(spec_for(canon_b), _state(canon_a), _state(canon_b))
-    first, later = _raw_residual_params(aligner.spec, layout_b)
+    Work done once, not per round: the residual Gram of the residual-only parameters
+    (`static_residual_gram`) and A's MLP features; those parameters of B are moved by the residual
+    element once, at the end. Returns (canonical A, aligner holding the aligned canonical B and the
+    element found)."""
+    device = torch.device(device) if device is not None else default_device()
+    with phase("canonicalise"):
+        canon_a, canon_b = ensure_canonical(model_a), ensure_canonical(model_b)
+        layout_a, layout_b = layout_for(canon_a), layout_for(canon_b)
+        spec_a, spec_b = spec_for(canon_a), spec_for(canon_b)
+        # not cloned: nothing below writes into a tensor (`apply` returns new ones)
+        state_a, state_b = ({k: v.detach().to(device) for k, v in m.state_dict().items()} for m in (canon_a, canon_b))
+    first, later = _raw_residual_params(spec_b, layout_b)
+    with phase("residual"):
+        static_gram = static_residual_gram(spec_b["residual"], first, state_a, layout_a, state_b, layout_b, tokens)
+    # while matching, the residual steps move only the parameters other steps or the Gram read
+    aligner = Aligner(_with_actions(spec_b, "residual", lambda a: a.param not in first), state_a, state_b)
+    with phase("mlp_cost"):
+        features_a = [mlp_features(spec_a[f"blocks.{i}.mlp"], state_a, mlp_cost) for i in range(len(layout_a.mlps))]
     for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
-        changed = _residual_step(aligner, layout_a, layout_b, residual, later if it else first, it > 0, tokens)
+        with phase("residual"):
+            changed = _residual_step(aligner, layout_a, layout_b, residual, static_gram, later - first if it else set(),
+                                     it > 0, phase)
         for i, (att_a, att_b) in enumerate(zip(layout_a.attentions, layout_b.attentions, strict=True)):
-            changed |= _heads_step(aligner, aligner.spec[f"blocks.{i}.heads"], att_a, att_b, layout_b.width)
-            changed |= _mlp_step(aligner, spec_a[f"blocks.{i}.mlp"], aligner.spec[f"blocks.{i}.mlp"], mlp_cost)
+            with phase("heads"):
+                changed |= _heads_step(aligner, aligner.spec[f"blocks.{i}.heads"], att_a, att_b, layout_b.width, phase)
+            with phase("mlp_cost"):
+                changed |= _mlp_step(aligner, spec_a[f"blocks.{i}.mlp"], aligner.spec[f"blocks.{i}.mlp"],
+                                     features_a[i], mlp_cost, phase)
         if not changed and it > 0:
             log.info("GLMC weight matching converged after %d rounds", it + 1)
             break
+    with phase("residual"):
+        if "residual" in aligner.element:  # the residual-only parameters, moved once by the whole residual element
+            aligner.state_b = apply(_with_actions(spec_b, "residual", lambda a: a.param in first).subset("residual"),
+                                    aligner.state_b, {"residual": aligner.element["residual"]})
+        aligner.spec = SymmetrySpec(tuple(spec_b["residual"] if s.name == "residual" else s for s in aligner.spec))
+        cpu = torch.device("cpu")
+        aligner.state_a, aligner.state_b = ({k: v.to(cpu) for k, v in sd.items()}
+                                            for sd in (aligner.state_a, aligner.state_b))
+        aligner.element = {k: v.to(cpu) for k, v in aligner.element.items()}
     return canon_a, aligner
 
 
