@@ -340,6 +340,40 @@ def test_expert_movement_from_initialisation():
     assert D.expert_movement(moved, a, P) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("family", ["vit", "gpt2"])
+def test_upcycled_experts_without_noise_reproduce_the_dense_model(family, datasets):
+    from lmcbench.tasks import make_task
+
+    cfg = vit_cfg() if family == "vit" else gpt2_cfg()
+    dense = fresh_model(cfg, datasets[family], 0).eval()
+    task = make_task(datasets[family], cfg)
+    x, _ = task.eval_tensors("test", 8)
+    moe_cfg = {"n_experts": 3, "gating": "topk", "k": 2, "placement": "first", "expert_init": "upcycle",
+               "activation": "gelu" if family == "vit" else "gelu_tanh"}
+    exact = insert_moe(copy.deepcopy(dense), {**moe_cfg, "init_noise": 0.0}, torch.Generator().manual_seed(0)).eval()
+    torch.testing.assert_close(task.logits(exact, x), task.logits(dense, x), rtol=1e-5, atol=1e-5)
+    noisy = insert_moe(copy.deepcopy(dense), {**moe_cfg, "init_noise": 1.0}, torch.Generator().manual_seed(0)).eval()
+    assert (task.logits(noisy, x) - task.logits(dense, x)).abs().max() > 1e-3
+
+
+def test_zero_out_experts_start_as_the_zero_function_and_router_scale_scales_the_router():
+    plain, zero = layer("dense"), layer("dense", expert_init="zero_out", router_scale=4.0)
+    assert torch.equal(zero(tokens()), torch.zeros_like(tokens()))
+    torch.testing.assert_close(zero.router.weight, 4 * plain.router.weight)
+    torch.testing.assert_close(zero.w1, plain.w1)      # same draws: only the output layer is zeroed
+
+
+def test_testability_needs_confident_routing_and_comparable_experts():
+    from lmcbench.tables import moe_testability
+
+    rows = [{"variant": v, "gating": "topk", "seed_a": 0, "seed_b": b, "routing_entropy": ent,
+             "sim_gate_wm": sim, "sim_expert_wm": sim - 0.1}
+            for v, ent, sim in (("specialised", 0.3, 0.7), ("paper", 0.95, 0.7), ("weak", 0.3, 0.2)) for b in (1, 2)]
+    table = moe_testability(pd.DataFrame(rows)).set_index("variant")
+    assert table["testable"].to_dict() == {"paper": False, "specialised": True, "weak": False}
+    assert table.loc["specialised", "n_pairs"] == 2 and table.loc["specialised", "sim_matched"] == pytest.approx(0.7)
+
+
 def test_kmeans_router_routes_to_the_nearest_planted_cluster():
     from lmcbench.moe.router_init import centroid_router, kmeans
 

@@ -30,7 +30,8 @@ at CPU scale: ``router_scale`` multiplies the router's initial weights (a confid
 start; routing entropy falls), and ``expert_init="zero_out"`` starts every expert's output layer
 (B_i, v_i) at zero, so the function an expert computes is what fine-tuning taught it rather than
 its random initialisation (zero-initialised residual branches, as in Goyal et al. 2017 / ReZero).
-``router_init="kmeans"`` marks a router that `lmcbench.moe.router_init` sets from data (k-means
+``expert_init="upcycle"`` starts every expert at the replaced dense FFN plus ``init_noise`` × its random
+initialisation (sparse upcycling). ``router_init="kmeans"`` marks a router that `lmcbench.moe.router_init` sets from data (k-means
 centroids of the layer's inputs, logit gap ≈ router_scale); here it starts like "uniform".
 
 The optional load-balancing loss is Switch-Transformer style, n · Σ_i f_i P_i (f_i: fraction of
@@ -47,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 GATINGS = ("dense", "topk", "shared")
-EXPERT_INITS = ("uniform", "zero_out")
+EXPERT_INITS = ("uniform", "zero_out", "upcycle")
 ROUTER_INITS = ("uniform", "kmeans")
 ACTIVATIONS = {"gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
 
@@ -95,7 +96,7 @@ class MoE(nn.Module):
             self.router.bias.copy_(router_scale * _uniform((n_experts,), d, g))
         self.w1 = nn.Parameter(_uniform((n_experts, hidden, d), d, g))
         self.b1 = nn.Parameter(_uniform((n_experts, hidden), d, g))
-        out_scale = 0.0 if expert_init == "zero_out" else 1.0
+        out_scale = 0.0 if expert_init == "zero_out" else 1.0   # "upcycle" is applied by insert_moe
         self.w2 = nn.Parameter(out_scale * _uniform((n_experts, d, hidden), hidden, g))
         self.b2 = nn.Parameter(out_scale * _uniform((n_experts, d), hidden, g))
         if self.n_shared:
@@ -241,15 +242,16 @@ def _ffn_shape(mlp: nn.Module) -> tuple[int, int]:
 
 
 MOE_KEYS = ("n_experts", "gating", "k", "n_shared", "hidden", "activation", "normalise", "dispatch",
-            "aux_loss_coef", "router_scale", "expert_init", "router_init", "placement")
+            "aux_loss_coef", "router_scale", "expert_init", "init_noise", "router_init", "placement")
 
 
 def insert_moe(model: nn.Module, moe_cfg: dict, generator: torch.Generator | None = None) -> nn.Module:
     """Replace the FFN (`blocks[i].mlp` / `transformer.h[i].mlp`) of the chosen layers by freshly
     initialised MoE layers, in place; returns the model. moe_cfg keys: n_experts, gating, k,
     n_shared, hidden (default: the replaced FFN's width), activation, normalise, dispatch,
-    aux_loss_coef, router_scale, expert_init, router_init, placement (first / last / all / list). Layers are initialised in block order
-    from `generator`, so the same generator state gives the same MoE."""
+    aux_loss_coef, router_scale, expert_init, init_noise, router_init, placement (first / last / all /
+    list). Layers are initialised in block order from `generator`, so the same generator state gives
+    the same MoE."""
     unknown = set(moe_cfg) - set(MOE_KEYS)
     if unknown:
         raise ValueError(f"unknown MoE options {sorted(unknown)}; known: {list(MOE_KEYS)}")
@@ -262,8 +264,32 @@ def insert_moe(model: nn.Module, moe_cfg: dict, generator: torch.Generator | Non
                     moe_cfg.get("normalise"), moe_cfg.get("dispatch", "auto"), moe_cfg.get("aux_loss_coef", 0.0),
                     moe_cfg.get("router_scale", 1.0), moe_cfg.get("expert_init", "uniform"),
                     moe_cfg.get("router_init", "uniform"), generator)
+        if layer.expert_init == "upcycle":
+            upcycle(layer, blocks[i].mlp, moe_cfg.get("init_noise", 1.0))
         blocks[i].mlp = layer.to(device=ref.device, dtype=ref.dtype)
     return model
+
+
+def ffn_weights(mlp: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(A (h, d), u (h), B (d, h), v (d)) of a timm Mlp (fc1/fc2) or an HF GPT-2 MLP (Conv1D c_fc/c_proj)."""
+    if hasattr(mlp, "fc1"):
+        return mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias
+    if hasattr(mlp, "c_fc"):
+        return mlp.c_fc.weight.T, mlp.c_fc.bias, mlp.c_proj.weight.T, mlp.c_proj.bias
+    raise NotImplementedError(f"cannot read the FFN weights of {type(mlp).__name__}")
+
+
+@torch.no_grad()
+def upcycle(layer: MoE, mlp: nn.Module, noise: float) -> MoE:
+    """Sparse upcycling (Komatsuzaki et al. 2023) with noise: every expert = the replaced dense FFN plus
+    `noise` × its own random initialisation (the layer's current, seed-drawn expert tensors)."""
+    dense = ffn_weights(mlp)
+    if dense[0].shape != layer.w1.shape[1:]:
+        raise ValueError(f"expert_init 'upcycle' needs experts as wide as the FFN ({dense[0].shape[0]}), "
+                         f"got hidden={layer.hidden}; set moe hidden: null")
+    for tensor, weight in zip((layer.w1, layer.b1, layer.w2, layer.b2), dense):
+        tensor.mul_(noise).add_(weight.to(tensor.dtype))
+    return layer
 
 
 def moe_modules(model: nn.Module) -> dict[str, MoE]:
