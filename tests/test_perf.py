@@ -63,3 +63,32 @@ def test_l1_distances_is_the_l1_distance_matrix():
     expected = (a[:, None] - b[None]).abs().sum(-1)
     for tile in (1, 50, 300, None):
         assert torch.allclose(l1_distances(a, b, tile), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (workflow/scripts/gpu_check.sh)")
+@pytest.mark.parametrize("family", ["gpt2", "vit"])
+def test_matching_on_cuda_finds_the_cpu_element(saved, datasets, family: str):
+    """The same code on the GPU (cost matrices, Procrustes and the steps there, assignments on the CPU)
+    finds the same permutations, and the residual map to 1e-5 (float32 GPU kernels)."""
+    a, b = (_model(saved, family, which, datasets[family].meta) for which in "ab")
+    _, aligner = glmc_weight_matching_states(a, b, iterations=15, device="cuda")
+    prefix = f"{family}.l1.element."
+    for name, found in aligner.element.items():
+        expected = saved[prefix + name]
+        if name == "residual":
+            assert (found.double() - expected.double()).abs().max().item() <= 1e-5
+        else:
+            assert torch.equal(found, expected), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (workflow/scripts/gpu_check.sh)")
+def test_barrier_on_cuda_equals_cpu(saved, datasets):
+    """Interpolation evaluated on the GPU gives the CPU's losses (to float32 kernel differences)."""
+    from lmcbench.barrier import interpolation_curve
+    from lmcbench.tasks import make_task
+
+    a, b = (_model(saved, "gpt2", which, datasets["gpt2"].meta) for which in "ab")
+    task = make_task(datasets["gpt2"], ARCH["gpt2"])
+    curves = [interpolation_curve(a, task, a.state_dict(), b.state_dict(), [0.0, 0.5, 1.0], splits=("test",),
+                                  max_examples=32, device=device) for device in ("cpu", "cuda")]
+    assert (curves[0]["value"] - curves[1]["value"]).abs().max() <= 1e-4

@@ -393,6 +393,7 @@ class GLMCWeightMatchingOptions:
     # compare embedding/unembedding rows only of tokens seen in the task's train split [official code];
     # a no-op when every token occurs (the char and local BPE vocabularies), see `active_tokens`
     token_freqs: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"   # where matching runs; auto: the GPU when there is one
 
 
 @register("glmc_weight_matching", options=GLMCWeightMatchingOptions)
@@ -401,6 +402,6 @@ def glmc_weight_matching(model_a: nn.Module, model_b: nn.Module, context: MatchC
     opts = context.options
     tokens = active_tokens(context.task, opts.token_freqs)
     canon_a, aligner = glmc_weight_matching_states(model_a, model_b, opts.iterations, opts.residual, opts.mlp_cost,
-                                                   tokens)
+                                                   tokens, None if opts.device == "auto" else opts.device)
     info = {"spaces": sorted(aligner.element), "vocab_rows_compared": None if tokens is None else len(tokens)}
     return finish(canon_a, aligner.state_b, opts.circuits, info)
