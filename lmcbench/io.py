@@ -197,7 +197,9 @@ def provenance(config: dict, seed: int | None = None) -> dict:
 
 
 def run_id(payload: dict) -> str:
-    """A short stable id for a job's configuration, used to join records with provenance files."""
+    """A short stable id for a job's configuration, used to join records with provenance files.
+    The leading "r" keeps it a string in every CSV reader: a bare hex prefix can read as a number
+    ("7e6939500000" crashed pandas' parser; "012345678901" would lose its zero)."""
     import hashlib
 
-    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return "r" + hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]

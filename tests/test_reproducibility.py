@@ -68,7 +68,7 @@ def _check_common_provenance(prov):
     assert set(PROVENANCE_PACKAGES) <= set(prov["versions"])
     assert prov["versions"]["torch"] == torch.__version__.split("+")[0]
     assert prov["python"] and prov["platform"]
-    assert re.fullmatch(r"[0-9a-f]{12}", prov["run_id"])
+    assert re.fullmatch(r"r[0-9a-f]{12}", prov["run_id"])
 
 
 def test_train_provenance(two_pipelines):
