@@ -157,7 +157,8 @@ def _make_task(task: str, cfg: dict, regime: str, n_train, noise: float, nbody_f
 
 def val_gain_last_quarter(curves: list[dict], epochs: int, metric: str) -> float:
     """Plateau check: how much the best validation metric improved in the last quarter of the epochs over the
-    best before it (accuracy: higher is better, MSE: lower); ≤ 0 means training had stopped improving.
+    best before it (accuracy: higher is better, MSE: lower), improvement positive; ≈ 0 (within the validation
+    noise) means training had stopped improving.
     NaN when the curves have no evaluation on one side of the boundary."""
     boundary = 0.75 * epochs
     vals = [(c["epoch"], c["value"]) for c in curves if c["split"] == "val" and c["metric"] == metric]
