@@ -305,6 +305,9 @@ def test_interrupted_run_recovers_with_the_documented_commands(tmp_path, referen
     first --unlock. The job resumes from its resume.pt and writes exactly what an uninterrupted run writes."""
     from lmcbench.io import code_version
 
+    readme = (ROOT / "README.md").read_text()
+    documented = readme.split("## Interrupted or failed runs", 1)[1].split("\n## ", 1)[0]
+    assert "--rerun-incomplete" in documented and "--unlock" in documented
     workdir, args = _workflow(tmp_path)
     code = code_version()
     _interrupt(workdir, args, sig)
