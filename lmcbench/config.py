@@ -73,7 +73,7 @@ def check_matchers(config: dict) -> None:
     blocks = [("glmc.matchers", glmc.get("matchers") or {}),
               ("glmc.width_hetero.matchers", (glmc.get("width_hetero") or {}).get("matchers") or {})]
     blocks += [(f"models.{m}.matchers", cfg.get("matchers") or {}) for m, cfg in config.get("models", {}).items()]
-    checks = [(OPTIONS.get(name), options, f"{where}.{name}") for where, block in blocks
+    checks = [(OPTIONS[name] if name in MATCHERS else None, options, f"{where}.{name}") for where, block in blocks
               for name, options in block.items()]
     checks.append((MultiModelOptions, (glmc.get("multi_model") or {}).get("matcher"), "glmc.multi_model.matcher"))
     for options_class, given, where in checks:
