@@ -141,7 +141,7 @@ def moved(start: dict[str, Tensor], end: dict[str, Tensor], groups: dict[str, st
             else int((end[name] != start[name]).sum()) for name in start}
 
 
-def summarise_moves(per_space: dict[str, float], groups: dict[str, str]) -> dict:
+def summarise_moves(per_space: dict[str, float]) -> dict:
     """Table columns: units moved in all head spaces, in all MLP spaces, and the residual's move
     (a distance for an orthogonal residual, a unit count for a permutation one)."""
     return {"moved_heads": sum(v for k, v in per_space.items() if k.endswith(".heads")),
@@ -182,7 +182,7 @@ def train_latents(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, o
     perm = [z for group in latents for n, z in group.items() if groups[n] == "perm"]
     optimizers = [torch.optim.AdamW(orth, lr=options.lr, weight_decay=options.weight_decay)] if orth else []
     optimizers += [torch.optim.SGD(perm, lr=options.perm_lr, weight_decay=options.weight_decay)] if perm else []
-    total = options.total_steps(_train_examples(task))
+    total = options.total_steps(_train_examples(task) if options.epochs is not None else 0)
     schedule = warmup_cosine(max(1, int(options.warmup_frac * total)), total)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
     val_data = task.eval_tensors("val", options.val_examples)
@@ -244,7 +244,7 @@ def train_latents(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, o
         aligned.append({k: v.cpu() for k, v in apply(spec, {k: v.cpu() for k, v in sb.items()}, element).items()})
         for name, value in moved(first, chosen, groups).items():
             per_space[name] = per_space.get(name, 0) + value
-    record = {**summarise_moves(per_space, groups), "val_loss": best["val_loss"], "best_step": best["step"],
+    record = {**summarise_moves(per_space), "val_loss": best["val_loss"], "best_step": best["step"],
               "start_val_loss": history[0]["val_loss"], "steps_run": history[-1]["step"], "max_steps": total,
               "stopped_early": stopped_early, "moved": per_space}
     log.info("learned matching: best step %d (val %.4f, start %.4f); moved heads %d, mlp %d, residual %.3g",
