@@ -97,8 +97,11 @@ def _load_resume(resume_file: Path, identity: dict):
     """The saved state if `resume_file` was written by this very run; otherwise None (and it is removed)."""
     try:
         saved = torch.load(resume_file, weights_only=False)
-        differ = _differences(saved.get("run"), identity)
-        reason = "it was written by a different run (" + "; ".join(differ[:5]) + (" …" if len(differ) > 5 else "") + ")"
+        if "run" not in saved:
+            differ, reason = ["run"], "it records no run identity (written by an older lmcbench)"
+        else:
+            differ = _differences(saved["run"], identity)
+            reason = f"it was written by a different run ({'; '.join(differ[:5])}{' …' if len(differ) > 5 else ''})"
     except Exception as error:  # noqa: BLE001 - whatever makes it unreadable, there is nothing to resume
         differ, reason = [error], f"it is unreadable ({error})"
     if not differ:
