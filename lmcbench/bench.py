@@ -50,7 +50,7 @@ SIZES = {
     "ts": {"n_embd": 256, "n_layer": 6, "n_head": 4, "n_inner": 1024, "vocab_size": 50257, "n_positions": 256},
     "small": {"n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": 3072, "vocab_size": 50257, "n_positions": 1024},
 }
-PHASES = ("canonicalise", "residual", "heads", "mlp_cost", "assignment", "circuits")
+PHASES = ("canonicalise", "residual_once", "residual", "heads", "mlp_cost", "assignment", "circuits")
 
 
 class PhaseTimer:

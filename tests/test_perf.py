@@ -63,6 +63,14 @@ def test_l1_distances_is_the_l1_distance_matrix():
     expected = (a[:, None] - b[None]).abs().sum(-1)
     for tile in (1, 50, 300, None):
         assert torch.allclose(l1_distances(a, b, tile), expected, rtol=0, atol=1e-12)
+    threads = torch.get_num_threads()
+    try:  # rows shared between threads: the same bits as one thread
+        torch.set_num_threads(3)
+        shared = l1_distances(a.float(), b.float(), 50)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(shared, l1_distances(a.float(), b.float(), 50))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (workflow/scripts/gpu_check.sh)")

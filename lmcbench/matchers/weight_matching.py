@@ -322,7 +322,8 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     `tokens`: vocabulary rows the residual step compares (`active_tokens`); None = all.
     `device`: where the tensors live while matching (default `default_device`); the results are
     returned on the CPU. `phase(name)`: a context manager around each phase (`lmcbench bench matching`
-    times them): canonicalise, residual, heads, mlp_cost, assignment (nested in the others), circuits.
+    times them): canonicalise, residual_once (the static Gram), residual, heads, mlp_cost, assignment
+    (nested in the others).
     A may be in circuit form (a universe of averaged circuits); B is canonicalised.
     Work done once, not per round: the residual Gram of the residual-only parameters
     (`static_residual_gram`) and A's MLP features; those parameters of B are moved by the residual
@@ -336,7 +337,7 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
         # not cloned: nothing below writes into a tensor (`apply` returns new ones)
         state_a, state_b = ({k: v.detach().to(device) for k, v in m.state_dict().items()} for m in (canon_a, canon_b))
     first, later = _raw_residual_params(spec_b, layout_b)
-    with phase("residual"):
+    with phase("residual_once"):
         static_gram = static_residual_gram(spec_b["residual"], first, state_a, layout_a, state_b, layout_b, tokens)
     # while matching, the residual steps move only the parameters other steps or the Gram read
     aligner = Aligner(_with_actions(spec_b, "residual", lambda a: a.param not in first), state_a, state_b)
