@@ -34,5 +34,6 @@ def timing_table(record_files, out: str | Path, results: str | Path = "results")
     rows = [row for f in record_files if Path(f).with_name("provenance.json").exists()
             for row in timing_rows(Path(f).with_name("provenance.json"), Path(results))]
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    table[["seed", "n_train"]] = table[["seed", "n_train"]].astype("Int64")   # integers beside MoE's blanks
     write_csv(table, out)
     return table
