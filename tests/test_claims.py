@@ -218,7 +218,7 @@ def synthetic_run(root) -> "Path":
         (root / job).mkdir(parents=True)
         (root / job / "provenance.json").write_text(json.dumps(
             {"git_commit": "0123456789abcdef", "platform": "Linux-x86_64", "device": "cpu", "python": "3.11.2",
-             "versions": {"torch": "2.14.1"}}))
+             "versions": {"torch": "2.14.1"}, "numerics": {"mode": "pinned", "cpu": {"model": "Test CPU"}}}))
     return root
 
 
@@ -227,7 +227,8 @@ def test_render_a_run_and_its_snapshot(tmp_path):
 
     run = synthetic_run(tmp_path / "results")
     text = readme.render(run)
-    assert "profile `tiny`" in text and "commit `0123456789ab`" in text and "Linux-x86_64 (cpu" in text
+    assert "profile `tiny`" in text and "commit `0123456789ab`" in text
+    assert "Linux-x86_64 (Test CPU, cpu, numerics pinned, Python 3.11.2, torch 2.14.1)" in text
     assert "| glmc_weight_matching |" in text and "0.25 ± 0.05" in text      # mean ± std of 0.2, 0.3, 0.25
     assert "1.69 ± 0.07" in text                                             # the published column
     assert "0.0139 ± 0.0010" in text and "| ace_equality |" in text
