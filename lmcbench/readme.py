@@ -142,7 +142,7 @@ def moe_section(summary: pd.DataFrame) -> str:
     if summary.empty:
         return ""
     part = summary[(summary["split"] == "test") & (summary["metric"] == "loss")]
-    keys = [k for k in ("experiment", "model", "gating", "n_experts", "placement") if k in part]
+    keys = [k for k in ("experiment", "variant", "model", "gating", "n_experts", "placement") if k in part]
     cells = [f"{m:.3f}" if pd.isna(r) or meth == "naive" else f"{m:.3f} ({r:.2f})" for m, r, meth in
              zip(part["barrier_mean"], part["ratio_to_naive_mean"], part["method"])]
     table = part.assign(cell=cells).pivot(index=keys, columns="method", values="cell")
