@@ -100,3 +100,20 @@ def test_barrier_on_cuda_equals_cpu(saved, datasets):
     curves = [interpolation_curve(a, task, a.state_dict(), b.state_dict(), [0.0, 0.5, 1.0], splits=("test",),
                                   max_examples=32, device=device) for device in ("cpu", "cuda")]
     assert (curves[0]["value"] - curves[1]["value"]).abs().max() <= 1e-4
+
+
+def test_bench_matching_reports_phases_and_preserves_the_function(capsys):
+    """`lmcbench bench matching` on a tiny random pair: every phase, the totals, RSS, and the check
+    that the aligned B (circuit form) computes B's logits."""
+    from lmcbench.bench import PHASES
+    from lmcbench.cli import main
+
+    assert main(["bench", "matching", "--n-embd", "32", "--n-layer", "2", "--n-head", "2", "--vocab-size", "97",
+                 "--rounds", "2", "--device", "cpu"]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.strip())
+    for key in [f"cpu_s.{p}" for p in PHASES] + ["cpu_s.total", "wall_s.total", "peak_rss_gb", "numerics"]:
+        assert key in rows, key
+    assert rows["device"].strip() == "cpu"
+    phases = [float(rows[f"cpu_s.{p}"]) for p in PHASES]
+    assert min(phases) >= 0 and sum(phases) <= float(rows["cpu_s.total"]) + 0.01 * len(PHASES)  # exclusive phases
+    assert rows["function_preserved"].strip() == "True"
