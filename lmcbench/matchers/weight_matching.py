@@ -336,6 +336,7 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
         spec_a, spec_b = spec_for(canon_a), spec_for(canon_b)
         # not cloned: nothing below writes into a tensor (`apply` returns new ones)
         state_a, state_b = ({k: v.detach().to(device) for k, v in m.state_dict().items()} for m in (canon_a, canon_b))
+        del canon_b  # B's tensors live on in state_b only, so each is freed once a step replaces it
     first, later = _raw_residual_params(spec_b, layout_b)
     with phase("residual_once"):
         static_gram = static_residual_gram(spec_b["residual"], first, state_a, layout_a, state_b, layout_b, tokens)
