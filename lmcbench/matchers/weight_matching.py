@@ -222,16 +222,20 @@ def _residual_step(aligner: Aligner, layout_a: Layout, layout_b: Layout, group: 
     return aligner.update(space, step)
 
 
-def _heads_step(aligner: Aligner, space: Space, att_a: AttentionSite, att_b: AttentionSite, width: int,
+def head_features(state: dict[str, Tensor], att: AttentionSite, width: int) -> tuple[Tensor, Tensor]:
+    """Per head, the flattened QK (as the circuit form stores it: QK s, s = sqrt((D+1)/d)) and OV
+    circuits in float64: what `_heads_step` compares. Invariant to the per-head GL(d) maps."""
+    qk, ov = head_circuits(state, att)
+    return (qk.double() * math.sqrt((width + 1) / att.head_dim)).flatten(1), ov.double().flatten(1)
+
+
+def _heads_step(aligner: Aligner, space: Space, features_a: tuple[Tensor, Tensor], att_b: AttentionSite, width: int,
                 phase: Phase) -> bool:
-    """Head assignment on circuit distances ‖QK_A,i − QK_B,j‖_F + ‖OV_A,i − OV_B,j‖_F [official code],
-    QK taken as the circuit form stores it (QK s, s = sqrt((D+1)/d)), so that a circuit-form A and a
-    canonical B compare the same bilinear form. Circuits: invariant to the per-head GL(d) maps."""
-    (qk_a, ov_a), (qk_b, ov_b) = head_circuits(aligner.state_a, att_a), head_circuits(aligner.state_b, att_b)
-    qk_a = qk_a.double() * math.sqrt((width + 1) / att_a.head_dim)
-    qk_b = qk_b.double() * math.sqrt((width + 1) / att_b.head_dim)
-    cost = torch.cdist(qk_a.flatten(1), qk_b.flatten(1)) + torch.cdist(ov_a.double().flatten(1),
-                                                                       ov_b.double().flatten(1))
+    """Head assignment on circuit distances ‖QK_A,i − QK_B,j‖_F + ‖OV_A,i − OV_B,j‖_F [official code]
+    (`head_features`; A's, `features_a`, are fixed and computed once), QK scaled as the circuit form
+    stores it, so that a circuit-form A and a canonical B compare the same bilinear form."""
+    (qk_a, ov_a), (qk_b, ov_b) = features_a, head_features(aligner.state_b, att_b, width)
+    cost = torch.cdist(qk_a, qk_b) + torch.cdist(ov_a, ov_b)
     with phase("assignment"):
         step = match_units(cost, maximize=False)
     return aligner.update(space, step)
@@ -326,7 +330,7 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     (nested in the others).
     A may be in circuit form (a universe of averaged circuits); B is canonicalised.
     Work done once, not per round: the residual Gram of the residual-only parameters
-    (`static_residual_gram`) and A's MLP features; those parameters of B are moved by the residual
+    (`static_residual_gram`) and A's head and MLP features; those parameters of B are moved by the residual
     element once, at the end. Returns (canonical A, aligner holding the aligned canonical B and the
     element found)."""
     device = torch.device(device) if device is not None else default_device()
@@ -342,15 +346,17 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
         static_gram = static_residual_gram(spec_b["residual"], first, state_a, layout_a, state_b, layout_b, tokens)
     # while matching, the residual steps move only the parameters other steps or the Gram read
     aligner = Aligner(_with_actions(spec_b, "residual", lambda a: a.param not in first), state_a, state_b)
+    with phase("heads"):
+        heads_a = [head_features(state_a, att, layout_b.width) for att in layout_a.attentions]
     with phase("mlp_cost"):
         features_a = [mlp_features(spec_a[f"blocks.{i}.mlp"], state_a, mlp_cost) for i in range(len(layout_a.mlps))]
     for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
         with phase("residual"):
             changed = _residual_step(aligner, layout_a, layout_b, residual, static_gram, later - first if it else set(),
                                      it > 0, phase)
-        for i, (att_a, att_b) in enumerate(zip(layout_a.attentions, layout_b.attentions, strict=True)):
+        for i, (head_a, att_b) in enumerate(zip(heads_a, layout_b.attentions, strict=True)):
             with phase("heads"):
-                changed |= _heads_step(aligner, aligner.spec[f"blocks.{i}.heads"], att_a, att_b, layout_b.width, phase)
+                changed |= _heads_step(aligner, aligner.spec[f"blocks.{i}.heads"], head_a, att_b, layout_b.width, phase)
             with phase("mlp_cost"):
                 changed |= _mlp_step(aligner, spec_a[f"blocks.{i}.mlp"], aligner.spec[f"blocks.{i}.mlp"],
                                      features_a[i], mlp_cost, phase)
