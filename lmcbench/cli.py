@@ -170,7 +170,9 @@ def _run(args, parser) -> int:
         from lmcbench.compare import compare_dirs
 
         differences, notes = compare_dirs(args.run, args.reference, rtol=args.rtol, atol=args.atol)
-        print("\n".join(notes + differences + [f"{len(differences)} differences" if differences else "tables match"]))
+        differing = sorted({line.split(": ", 1)[0] for line in differences})
+        print("\n".join(notes + differences + [f"{len(differing)} tables differ: {', '.join(differing)}"
+                                                if differences else "tables match"]))
         return 1 if differences else 0
     if args.command == "config":
         from lmcbench.config import ROOT, load_profile

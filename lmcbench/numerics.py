@@ -15,7 +15,8 @@ the last decade has, and fixes the intra-op threads of every job (`numerics.thre
 of `--cores` and rule threads. Mode `fast` leaves dispatch to the libraries and threads to the rule.
 Every variable is read once when its library initialises, so :func:`apply` must run before torch
 and numpy are imported: first thing in each workflow/scripts shim, the CLI and tests/conftest.py.
-GPU kernels and non-x86 CPUs are not pinned (README "Same numbers on any machine").
+GPU kernels and non-x86 CPUs are not pinned, and MKL documents its AVX2 reproducibility branch for Intel
+CPUs only (on AMD it falls back to its automatic branch): README "Same numbers on any machine".
 """
 from __future__ import annotations
 

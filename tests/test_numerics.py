@@ -155,4 +155,4 @@ def test_compare_tables(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "same"), str(tmp_path / "ref")]) == 0
     assert capsys.readouterr().out.strip() == "tables match"
     assert main(["compare", str(tmp_path / "moved"), str(tmp_path / "ref")]) == 1
-    assert capsys.readouterr().out.endswith("\n2 differences\n")
+    assert capsys.readouterr().out.endswith("\n2 tables differ: curve.csv, sub/barriers.csv\n")
