@@ -1,3 +1,7 @@
+from lmcbench.numerics import apply
+
+apply(snakemake.config.get("numerics"))   # first, before torch and numpy load: pinned CPU kernels and threads
+
 from lmcbench.runner import job_context
 from lmcbench.timing import timing_table
 
