@@ -156,3 +156,13 @@ def test_compare_tables(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "tables match"
     assert main(["compare", str(tmp_path / "moved"), str(tmp_path / "ref")]) == 1
     assert capsys.readouterr().out.endswith("\n2 tables differ: curve.csv, sub/barriers.csv\n")
+
+
+@pytest.mark.parametrize("shim", sorted((ROOT / "workflow" / "scripts").glob("*.py")), ids=lambda p: p.name)
+def test_every_shim_applies_the_numerics_first(shim):
+    """Dispatch variables are read when torch/numpy load: each job shim must set them before any other import."""
+    import ast
+
+    body = ast.parse(shim.read_text()).body
+    assert ast.unparse(body[0]) == "from lmcbench.numerics import apply", f"{shim.name}: first line"
+    assert ast.unparse(body[1]) == "apply(snakemake.config.get('numerics'))", f"{shim.name}: second statement"
