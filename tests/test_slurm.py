@@ -81,7 +81,8 @@ def test_smoke_subset_through_slurm_matches_local_run(slurm_cluster, tmp_path):
 @pytest.mark.timeout(900)
 def test_failing_slurm_job_fails_the_workflow(slurm_cluster, tmp_path):
     _copy_workflow(tmp_path)
-    missing = tmp_path / "no-cifar-here"   # valid config, but the dataset is not on disk: the job itself fails
+    missing = tmp_path / "no-cifar-here"   # the root exists (checked before any job) but holds no CIFAR-10:
+    missing.mkdir()                        # the job itself fails inside SLURM
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump({"datasets": {"images": {"name": "cifar10",
                                                                                    "root": str(missing)}}}))
     result = _slurm(tmp_path, TARGETS[0], configfiles=("workflow/config/smoke.yaml", "broken.yaml"))
