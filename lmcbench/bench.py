@@ -1,6 +1,6 @@
 """Benchmarks measured with the project's own code (`lmcbench bench {rules,matching,matching-scale,throughput}`).
 
-`rules`: per-rule wall time of a finished DAG, from Snakemake's benchmark files.
+`rules`: per-rule wall time of a finished DAG, from Snakemake's benchmark files (`lmcbench.timing.bench_rules`).
 `matching`: GLMC weight matching on a pair of randomly initialised GPT-2 models (`SIZES`: the
 paper's Tiny-Shakespeare size "ts" or GPT-2 small), CPU and wall seconds per phase, peak RSS, and
 whether the aligned model still computes B's function.
@@ -23,26 +23,6 @@ from lmcbench.matchers.weight_matching import as_model, default_device, ensure_c
 from lmcbench.models import build_model
 from lmcbench.numerics import cpu_info
 from lmcbench.numerics import state as numerics_state
-
-
-def bench_rules(results: str | Path = "results") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every job's benchmark record (rule, job, wall s, peak RSS MB) and a per-rule summary."""
-    root = Path(results) / "benchmarks"
-    files = sorted(root.rglob("*.tsv"))
-    if not files:
-        raise FileNotFoundError(f"no Snakemake benchmark files under {root}: run the workflow first")
-    jobs = []
-    for path in files:
-        record = pd.read_csv(path, sep="\t").iloc[-1]
-        parts = path.relative_to(root).with_suffix("").parts
-        jobs.append({"rule": parts[0], "job": "/".join(parts[1:]) or parts[0], "wall_s": float(record["s"]),
-                     "max_rss_mb": float(record["max_rss"]) if record["max_rss"] != "-" else float("nan")})
-    jobs = pd.DataFrame(jobs)
-    summary = (jobs.groupby("rule")
-               .agg(jobs=("job", "size"), total_s=("wall_s", "sum"), mean_s=("wall_s", "mean"), max_s=("wall_s", "max"),
-                    max_rss_mb=("max_rss_mb", "max"))
-               .sort_values("total_s", ascending=False).round(1).reset_index())
-    return jobs, summary
 
 
 # Model sizes of `bench matching --size`: the paper's Tiny-Shakespeare GPT-2 [paper, glmc.md] and GPT-2 small.

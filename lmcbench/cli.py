@@ -196,6 +196,7 @@ def _run(args, parser) -> int:
 
         from lmcbench import bench
         from lmcbench.tables import write_csv
+        from lmcbench.timing import bench_rules
 
         if args.threads:
             import torch
@@ -203,7 +204,7 @@ def _run(args, parser) -> int:
             torch.set_num_threads(args.threads)
         with job_context():
             if args.what == "rules":
-                jobs, table = bench.bench_rules(args.results)
+                jobs, table = bench_rules(args.results)
                 print(f"{len(jobs)} jobs, {jobs['wall_s'].sum():.0f} s of job time in all")
             elif args.what == "matching":
                 size = bench.SIZES[args.size] if args.size else {"n_embd": args.n_embd, "n_layer": args.n_layer,

@@ -211,6 +211,14 @@ def synthetic_run(root) -> "Path":
                    "perturbation": 0.0, "dual_lr": 0.1, "metric": "mse", "mean": v, "std": 0.001, "count": 3}
                   for m, v in (("strict", 0.0143), ("ace_equality", 0.0139))]).to_csv(tables / "ace_summary.csv",
                                                                                       index=False)
+    pd.DataFrame([{"experiment": "sweep", "variant": "paper", "model": "vit", "gating": "dense", "n_experts": 4,
+                   "placement": "first", "routing_entropy": 0.5, "sim_unmatched": 0.1, "sim_matched": 0.6,
+                   "rank_gate_wm": 1.0, "rank_expert_wm": 2.0, "lhat_gate_wm": 0.0, "lhat_expert_wm": 3.0,
+                   "testable": True}]).to_csv(tables / "moe_testability.csv", index=False)
+    bench = root / "benchmarks" / "train" / "vit"
+    bench.mkdir(parents=True)
+    (bench / "seed0.tsv").write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                                     "12.5\t0:00:12\t512.0\t1\t1\t1\t0\t0\t90\t11.5\n")
     ledger = C.evaluate(C.load_claims(), {n: glmc if n == "glmc_barriers.csv" else pd.DataFrame()
                                           for n in RULE_TABLES}, profile="tiny")
     ledger.to_csv(tables / "claims.csv", index=False)
@@ -233,8 +241,9 @@ def test_render_a_run_and_its_snapshot(tmp_path):
     assert "1.69 ± 0.07" in text                                             # the published column
     assert "0.0139 ± 0.0010" in text and "| ace_equality |" in text
     assert "| glmc.C2c " in text and "holds" in text and "not run" in text
+    assert "| True " in text and "0.2 min from the first job's start" in text   # MoE testability, run cost
     snap = readme.snapshot(run, tmp_path / "reference" / "tiny_run")
-    assert sorted(p.name for p in (snap / "tables").iterdir()) == sorted(readme.SNAPSHOT_TABLES)
+    assert sorted(p.name for p in (snap / "tables").iterdir()) == sorted([*readme.SNAPSHOT_TABLES, readme.RULES_TABLE])
     assert readme.render(snap) == text                                       # the snapshot renders the same
 
 

@@ -72,7 +72,7 @@ def test_matchers_lists_every_registered_name(capsys):
 
 # ----------------------------------------------------------------------------- lmcbench bench
 def test_bench_rules_reads_snakemake_benchmark_files(tmp_path):
-    from lmcbench.bench import bench_rules
+    from lmcbench.timing import bench_rules
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for rel, seconds in {"train/vit/seed0.tsv": 10.0, "train/vit/seed1.tsv": 14.0, "glmc_tables.tsv": 2.5}.items():
@@ -82,7 +82,7 @@ def test_bench_rules_reads_snakemake_benchmark_files(tmp_path):
     jobs, summary = bench_rules(tmp_path)
     assert len(jobs) == 3
     train = summary.set_index("rule").loc["train"]
-    assert train["jobs"] == 2 and train["total_s"] == 24.0 and train["max_s"] == 14.0
+    assert train["jobs"] == 2 and train["total_s"] == 24.0 and train["max_s"] == 14.0 and train["cpu_s"] == 18.0
     assert list(summary["rule"]) == ["train", "glmc_tables"]  # slowest rule first
     with pytest.raises(FileNotFoundError, match="benchmark files"):
         bench_rules(tmp_path / "nothing")
