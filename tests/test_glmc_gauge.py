@@ -69,6 +69,16 @@ def gauge_planted_pair(shape: str, seed: int = 11):
     return a, loaded(a, apply(spec, a.state_dict(), element)), element
 
 
+def assert_path_computes_a(alignment, a, x) -> None:
+    """The aligned pair is A twice: midpoint logits equal A's (≤ 1e-5 relative) and the path has no barrier."""
+    mid = {k: (v + alignment.state_b[k]) / 2 if v.is_floating_point() else v for k, v in alignment.state_a.items()}
+    y_a, y_mid = run(a, x), outputs(alignment.template, mid, x)
+    rel = ((y_mid - y_a).abs().max() / y_a.abs().max()).item()
+    assert rel <= 1e-5, f"midpoint logits differ from A's by {rel:.3g} (relative)"
+    barrier, spread = loss_path(alignment, teacher_task(a), [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert abs(barrier) <= 1e-6 and spread <= 1e-6, (barrier, spread)
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_glmc_weight_matching_recovers_the_whole_group(shape: str):
     a, b, planted = gauge_planted_pair(shape)
@@ -86,12 +96,7 @@ def test_glmc_weight_matching_recovers_the_whole_group(shape: str):
             assert torch.equal(aligner.element[name], torch.argsort(idx)), name
 
     # the midpoint of the circuit-form path computes A
-    mid = {k: (v + alignment.state_b[k]) / 2 if v.is_floating_point() else v for k, v in alignment.state_a.items()}
-    y_a, y_mid = run(a, x), outputs(alignment.template, mid, x)
-    rel = ((y_mid - y_a).abs().max() / y_a.abs().max()).item()
-    assert rel <= 1e-5, f"midpoint logits differ from A's by {rel:.3g} (relative)"
-    barrier, spread = loss_path(alignment, teacher_task(a), [0.0, 0.25, 0.5, 0.75, 1.0])
-    assert abs(barrier) <= 1e-6 and spread <= 1e-6, (barrier, spread)
+    assert_path_computes_a(alignment, a, x)
 
 
 @pytest.mark.parametrize("shape", ["vit-d1-w30-h3-token", "gpt2-d1-w40-h5-untied"])
@@ -213,12 +218,7 @@ def test_glmc_weight_matching_recovers_a_semipermutation(build):
     assert_same_function(run(c, x), run(b, x))
 
     alignment = MATCHERS["glmc_weight_matching"](a, b, MatchContext(None, {}, 0))
-    mid = {k: (v + alignment.state_b[k]) / 2 if v.is_floating_point() else v for k, v in alignment.state_a.items()}
-    y_a, y_mid = run(a, x), outputs(alignment.template, mid, x)
-    rel = ((y_mid - y_a).abs().max() / y_a.abs().max()).item()
-    assert rel <= 1e-5, f"midpoint logits differ from A's by {rel:.3g} (relative)"
-    barrier, spread = loss_path(alignment, teacher_task(a), [0.0, 0.25, 0.5, 0.75, 1.0])
-    assert abs(barrier) <= 1e-6 and spread <= 1e-6, (barrier, spread)
+    assert_path_computes_a(alignment, a, x)
 
 
 def test_mlp_widths_that_cannot_be_split_are_an_error():
