@@ -362,7 +362,7 @@ def test_reported_model_has_batchnorm_statistics_of_branch_off():
 @pytest.mark.parametrize("which", ["cnn", "egnn"])
 def test_rpp_penalty_invariant_to_rescaling_gamma_against_branch(which):
     model = _tiny_cnn() if which == "cnn" else EGNN(8, 2, mixed=True)
-    p0 = rpp_penalty(model, 1e-4, 1e-2)
+    p0 = rpp_penalty(model, 1e-4, 1e-2).item()
     with torch.no_grad():
         for k, (_, m) in enumerate(mixed_layers(model)):
             a = 3.0 + k
@@ -370,11 +370,11 @@ def test_rpp_penalty_invariant_to_rescaling_gamma_against_branch(which):
             m.gamma.mul_(a)
             for p in last.parameters():
                 p.div_(a)                              # same function γ·f_neq
-    assert float(rpp_penalty(model, 1e-4, 1e-2)) == pytest.approx(float(p0), rel=1e-5)
+    assert rpp_penalty(model, 1e-4, 1e-2).item() == pytest.approx(p0, rel=1e-5)
     with torch.no_grad():                              # γ does enter the penalty
         for _, m in mixed_layers(model):
             m.gamma.mul_(2.0)
-    assert float(rpp_penalty(model, 1e-4, 1e-2)) > float(p0)
+    assert rpp_penalty(model, 1e-4, 1e-2).item() > p0
 
 
 def test_default_profile_uses_full_test_splits():
