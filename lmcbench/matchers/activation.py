@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lmcbench.matchers import Alignment, MatchContext, register
 from lmcbench.matchers.assignment import match_units
-from lmcbench.matchers.weight_matching import Aligner, _permutation_spec, _state
+from lmcbench.matchers.weight_matching import Aligner, _permutation_spec, detached_state
 from lmcbench.symmetry import layout_for
 from lmcbench.symmetry.spec import Layout
 
@@ -74,7 +74,7 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, context: MatchCo
     acts_a = record_activations(model_a, layout, context.task.logits, inputs)
     acts_b = record_activations(model_b, layout, context.task.logits, inputs)
     spec = _permutation_spec(model_a)
-    aligner = Aligner(spec, _state(model_a), _state(model_b))
+    aligner = Aligner(spec, detached_state(model_a), detached_state(model_b))
 
     residual_keys = [k for k in acts_a if k.startswith("residual")]
     res_corr = sum(correlation(acts_a[k], acts_b[k]) for k in residual_keys)
@@ -83,8 +83,8 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, context: MatchCo
     for i, attention in enumerate(layout.attentions):
         # B's heads write into B's residual coordinates: move them to A's before comparing
         contrib_a = head_contributions(acts_a[f"heads{i}"], aligner.state_a, attention)
-        contrib_b = head_contributions(acts_b[f"heads{i}"], _state(model_b), attention)
+        contrib_b = head_contributions(acts_b[f"heads{i}"], detached_state(model_b), attention)
         contrib_b = contrib_b.unflatten(1, (-1, layout.width))[..., res_idx].flatten(1)
         aligner.update(spec[f"blocks.{i}.heads"], match_units(correlation(contrib_a.T, contrib_b.T)))
         aligner.update(spec[f"blocks.{i}.mlp"], match_units(correlation(acts_a[f"mlp{i}"], acts_b[f"mlp{i}"])))
-    return Alignment(model_a, _state(model_a), aligner.state_b, {"examples": int(inputs.shape[0])})
+    return Alignment(model_a, detached_state(model_a), aligner.state_b, {"examples": int(inputs.shape[0])})

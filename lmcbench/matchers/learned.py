@@ -43,7 +43,7 @@ from lmcbench.barrier import BoundModel
 from lmcbench.canonical import circuit_form, circuit_state_dict
 from lmcbench.matchers import Alignment, MatchContext, register
 from lmcbench.matchers.assignment import match_units
-from lmcbench.matchers.weight_matching import _state, ensure_canonical, finish, glmc_weight_matching_states
+from lmcbench.matchers.weight_matching import detached_state, ensure_canonical, finish, glmc_weight_matching_states
 from lmcbench.symmetry import apply, layout_for, perm_matrix, spec_for
 from lmcbench.tasks import autocast, evaluate
 from lmcbench.training import default_device, warmup_cosine
@@ -174,7 +174,7 @@ def train_latents(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, o
     template = circuit_form(canon_a) if options.circuits else canon_a
     layout, circuit_layout = layout_for(canon_a), layout_for(template)
     to_space = (lambda sd: circuit_state_dict(sd, layout, circuit_layout)) if template is not canon_a else (lambda sd: sd)
-    state_a = {k: v.to(device) for k, v in _state(template).items()}
+    state_a = {k: v.to(device) for k, v in detached_state(template).items()}
     states_b = [{k: v.to(device) for k, v in sb.items()} for sb in states_b]
     template.to(device)
     floats = [k for k, v in state_a.items() if v.is_floating_point()]
@@ -268,7 +268,7 @@ def _learned(model_a: nn.Module, model_b: nn.Module, context: MatchContext, resi
         canon_a, aligner = glmc_weight_matching_states(model_a, model_b, cfg.iterations, residual, cfg.mlp_cost)
         state_b = aligner.state_b
     else:
-        canon_a, state_b = ensure_canonical(model_a), _state(ensure_canonical(model_b))
+        canon_a, state_b = ensure_canonical(model_a), detached_state(ensure_canonical(model_b))
     run = train_latents(canon_a, [state_b], context.task, cfg, context.seed, residual)
     columns = {k: run.record[k] for k in ("moved_heads", "moved_mlp", "residual_shift")}
     columns["matching_val_loss"] = run.record["val_loss"]

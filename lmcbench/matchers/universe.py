@@ -18,9 +18,9 @@ from lmcbench.canonical import circuit_form, circuit_state_dict
 from lmcbench.matchers import Alignment, MatchContext, parse_options
 from lmcbench.matchers.learned import LearningOptions, dirichlet, learn_alignment
 from lmcbench.matchers.weight_matching import (
-    _state,
     active_tokens,
     as_model,
+    detached_state,
     ensure_canonical,
     finish,
     glmc_weight_matching_states,
@@ -55,7 +55,7 @@ def universe_matching(models: list[nn.Module], rounds: int = 3, iterations: int 
     circuit_template = circuit_form(template)
     layout, circuit_layout = layout_for(template), layout_for(circuit_template)
     universe: nn.Module = template
-    aligned = [_state(m) for m in canon]
+    aligned = [detached_state(m) for m in canon]
     for r in range(rounds):
         aligned = [glmc_weight_matching_states(universe, m, iterations, tokens=tokens)[1].state_b for m in canon]
         circuits = [circuit_state_dict(sd, layout, circuit_layout) for sd in aligned]
@@ -71,7 +71,7 @@ def align_many(models: list[nn.Module], method: str, context: MatchContext) -> t
         raise ValueError(f"multi-model method {method!r} is not one of {MULTI_MODEL_METHODS}")
     cfg = parse_options(MultiModelOptions, context.config, "glmc.multi_model.matcher")
     if method == "vanilla":
-        return models[0], [_state(m) for m in models], {}
+        return models[0], [detached_state(m) for m in models], {}
     template, aligned, _ = universe_matching(models, cfg.rounds, cfg.iterations, active_tokens(context.task))
     info = {"rounds": cfg.rounds}
     if method == "learned_full":

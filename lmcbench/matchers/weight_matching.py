@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 Phase = Callable[[str], AbstractContextManager]  # phase(name): a context timing one phase
 
 
-def _state(model: nn.Module) -> dict[str, Tensor]:
+def detached_state(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of the model's tensors, detached from autograd (so callers may keep or change them)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -103,9 +104,9 @@ class PermWeightMatchingOptions:
 def perm_weight_matching(model_a: nn.Module, model_b: nn.Module, context: MatchContext) -> Alignment:
     """Git Re-Basin weight matching over the residual stream, heads and MLP units (permutations only)."""
     spec = _permutation_spec(model_a)
-    aligner = permutation_weight_matching(spec, _state(model_a), _state(model_b),
+    aligner = permutation_weight_matching(spec, detached_state(model_a), detached_state(model_b),
                                           context.options.max_sweeps, context.seed)
-    return Alignment(model_a, _state(model_a), aligner.state_b, {"spaces": sorted(aligner.element)})
+    return Alignment(model_a, detached_state(model_a), aligner.state_b, {"spaces": sorted(aligner.element)})
 
 
 # --------------------------------------------------------------------------------------------- GLMC
@@ -386,10 +387,10 @@ def finish(canon_a: nn.Module, state_b: dict[str, Tensor], circuits: bool, info:
     the attention circuit form, where interpolation merges QK/OV circuits (GLMC's invertible class,
     as the official code does)."""
     if not circuits:
-        return Alignment(canon_a, _state(canon_a), state_b, info, form="canonical")
+        return Alignment(canon_a, detached_state(canon_a), state_b, info, form="canonical")
     circuit_a = circuit_form(canon_a)
     circuit_b = circuit_form(as_model(canon_a, state_b))
-    return Alignment(circuit_a, _state(circuit_a), _state(circuit_b), info, form="circuit")
+    return Alignment(circuit_a, detached_state(circuit_a), detached_state(circuit_b), info, form="circuit")
 
 
 @dataclass(frozen=True)
