@@ -163,9 +163,9 @@ def _run(args, parser) -> int:
     from lmcbench.runner import job_context
 
     if getattr(args, "plugin", None):
-        from lmcbench.plugins import load_plugins
+        from lmcbench.methods import load_methods
 
-        load_plugins(args.plugin)
+        load_methods(args.plugin, tracks=())
     if args.command == "compare":
         from lmcbench.compare import compare_dirs
 

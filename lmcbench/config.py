@@ -66,9 +66,13 @@ def check_matchers(config: dict) -> None:
     its options class (plugins loaded first)."""
     from lmcbench.matchers import MATCHERS, OPTIONS, parse_options
     from lmcbench.matchers.universe import MultiModelOptions
-    from lmcbench.plugins import check_methods
+    from lmcbench.methods import load_methods
 
-    check_methods(config)
+    load_methods(config.get("plugins", []), tracks=["glmc", "glmc_multi"])
+    unknown = [m for m in config.get("glmc", {}).get("methods", []) if m not in MATCHERS]
+    if unknown:
+        raise ConfigError(f"config error at glmc.methods: {unknown} name no registered matcher; registered: "
+                          f"{', '.join(MATCHERS)} (a plugin of your own goes under `plugins:`)")
     glmc = config.get("glmc", {})
     blocks = [("glmc.matchers", glmc.get("matchers") or {}),
               ("glmc.width_hetero.matchers", (glmc.get("width_hetero") or {}).get("matchers") or {})]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lmcbench.numerics import job_threads
-from lmcbench.plugins import load_plugins
+from lmcbench.methods import load_methods
 
 
 def configure_logging() -> None:
@@ -52,5 +52,5 @@ def job_context(log_file: str | Path | None = None, threads: int | None = None) 
 def snakemake_job(snakemake) -> Iterator[None]:
     """`with snakemake_job(snakemake): ...` inside a workflow/scripts shim; loads the config's plugins."""
     with job_context(snakemake.log[0] if snakemake.log else None, snakemake.threads):
-        load_plugins(snakemake.config.get("plugins", []))
+        load_methods(snakemake.config.get("plugins", []), tracks=())
         yield

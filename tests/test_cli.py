@@ -51,8 +51,8 @@ def test_align_writes_curve_and_an_aligned_checkpoint_that_computes_b(vit_pair, 
 def test_unknown_matcher_is_a_clear_error(vit_pair, tmp_path, capsys):
     a, b = vit_pair
     assert main(["align", str(a), str(b), "--method", "nope", "--dataset", "mnist5k", "--out", str(tmp_path)]) == 1
-    assert re.search("unknown matcher 'nope'.*registered", capsys.readouterr().err)
-    with pytest.raises(ValueError, match="unknown matcher 'nope'"):  # --debug: the exception itself
+    assert re.search("unknown glmc method 'nope'.*registered", capsys.readouterr().err)
+    with pytest.raises(ValueError, match="unknown glmc method 'nope'"):  # --debug: the exception itself
         main(["align", str(a), str(b), "--method", "nope", "--dataset", "mnist5k", "--out", str(tmp_path), "--debug"])
 
 

@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from lmcbench import methods
+from lmcbench.config import ConfigError, check_matchers
 from lmcbench.matchers import MATCHERS
-from lmcbench.plugins import check_methods, load_plugins
+from lmcbench.methods import load_plugin
 from test_workflow import ROOT, _copy_workflow, snakemake
 
 PLUGIN = "workflow/plugins/glmc_wm_one_round.py"
@@ -23,14 +25,14 @@ ONLY_VIT = {  # smoke profile, pairwise GLMC on the ViT only: the smallest DAG t
 @pytest.fixture
 def registry():
     """Loading a plugin registers into the process-wide registry: undo it so other tests see the built-ins."""
-    from lmcbench import plugins
-
-    saved_matchers, saved_loaded = dict(MATCHERS), dict(plugins._LOADED)
-    yield MATCHERS
-    MATCHERS.clear()
-    MATCHERS.update(saved_matchers)
-    plugins._LOADED.clear()
-    plugins._LOADED.update(saved_loaded)
+    saved = {track: dict(registered) for track, registered in methods.REGISTRY.items()}
+    saved_loaded = dict(methods.LOADED)
+    yield methods.REGISTRY
+    for track, registered in saved.items():
+        methods.REGISTRY[track].clear()
+        methods.REGISTRY[track].update(registered)
+    methods.LOADED.clear()
+    methods.LOADED.update(saved_loaded)
 
 
 def _config(tmp_path, override: dict) -> list[str]:
@@ -40,17 +42,17 @@ def _config(tmp_path, override: dict) -> list[str]:
 
 def test_plugin_registers_its_matcher_once(monkeypatch, registry):
     monkeypatch.chdir(ROOT)
-    load_plugins([PLUGIN])
-    load_plugins([PLUGIN])  # a second load (every job loads the plugins) is a no-op, not a duplicate error
+    load_plugin(PLUGIN)
+    load_plugin(PLUGIN)  # a second load (every job loads the plugins) is a no-op, not a duplicate error
     assert METHOD in MATCHERS
-    check_methods({"plugins": [PLUGIN], "glmc": {"methods": ["vanilla", METHOD]}})
+    check_matchers({"plugins": [PLUGIN], "glmc": {"methods": ["vanilla", METHOD]}})
 
 
 def test_unknown_method_and_missing_plugin_are_named(registry):
-    with pytest.raises(ValueError, match="no_such_matcher"):
-        check_methods({"glmc": {"methods": ["vanilla", "no_such_matcher"]}})
+    with pytest.raises(ConfigError, match="no_such_matcher"):
+        check_matchers({"glmc": {"methods": ["vanilla", "no_such_matcher"]}})
     with pytest.raises(FileNotFoundError, match="missing_plugin.py"):
-        load_plugins(["missing_plugin.py"])
+        load_plugin("missing_plugin.py")
 
 
 def test_unregistered_method_fails_before_any_job(tmp_path):

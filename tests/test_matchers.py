@@ -29,6 +29,7 @@ from lmcbench.barrier import barriers, interpolation_curve
 from lmcbench.canonical import RMSNorm, canonicalize
 from lmcbench.checkpoints import FORMS
 from lmcbench.data import Dataset
+from lmcbench import methods
 from lmcbench.matchers import MATCHERS, OPTIONS, Alignment, MatchContext, get_matcher, register
 from lmcbench.matchers.assignment import match_units, orthogonal_from_gram, unit_features
 from lmcbench.matchers.learned import polar, ste_permutation
@@ -546,7 +547,7 @@ def test_registering_a_duplicate_raises():
         with pytest.raises(ValueError):
             register(name)(lambda a, b, c: None)
     finally:
-        MATCHERS.pop(name, None)
+        methods.REGISTRY["glmc"].pop(name, None)
     assert MATCHERS == before
 
 

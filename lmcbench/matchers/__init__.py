@@ -4,25 +4,25 @@ A matcher is a function `(model_a, model_b, context) -> Alignment`. Because some
 module types (canonical form), the alignment carries the model template the two aligned state
 dicts belong to; the barrier engine interpolates those.
 
-Each matcher declares its options as a dataclass (`register(name, options=...)`): the option names,
-their types and their defaults, in one place. The options a config or caller gives are checked
-against it by name and type (`parse_options`) before any job starts, and the matcher reads the
-checked values from `context.options`, so a misspelt option is an error instead of a silent default.
+Matchers are the "glmc" track of the one method registry (`lmcbench.methods`): each declares its
+options as a dataclass (`register(name, options=...)`), the option names, types and defaults in one
+place. The options a config or caller gives are checked against it by name and type before any job
+starts, and the matcher reads the checked values from `context.options`, so a misspelt option is an
+error instead of a silent default.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import types
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-MATCHERS: dict[str, Callable] = {}
-OPTIONS: dict[str, type] = {}
+from lmcbench import methods
+from lmcbench.methods import NoOptions, parse_options  # noqa: F401  (re-exported: a matcher's options API)
 
 
 @dataclass
@@ -45,90 +45,42 @@ class MatchContext:
     options: object = None
 
 
-@dataclass(frozen=True)
-class NoOptions:
-    """Options of a matcher that takes none."""
+class _Track(Mapping):
+    """Read-only view of the registered GLMC matchers: name -> matcher (`OPTIONS`: name -> options class)."""
+
+    def __init__(self, attribute: str):
+        self.attribute = attribute
+
+    def __getitem__(self, name):
+        return getattr(methods.REGISTRY["glmc"][name], self.attribute)
+
+    def __iter__(self):
+        return iter(methods.REGISTRY["glmc"])
+
+    def __len__(self):
+        return len(methods.REGISTRY["glmc"])
 
 
-def _conforms(value, hint) -> bool:
-    """Whether a config value (YAML: bool, int, float, str, list, None) fits a type annotation."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return value in args
-    if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, arm) for arm in args)
-    if origin is tuple:
-        return (isinstance(value, (list, tuple)) and len(value) == len(args)
-                and all(_conforms(v, a) for v, a in zip(value, args)))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _coerce(value, hint):
-    """A checked config value as the annotation's type: lists become tuples, ints given for floats become floats."""
-    if typing.get_origin(hint) is tuple:
-        return tuple(_coerce(v, a) for v, a in zip(value, typing.get_args(hint)))
-    if hint is float:
-        return float(value)
-    return value
-
-
-def _type_name(hint) -> str:
-    if typing.get_origin(hint) is typing.Literal:
-        return " or ".join(repr(a) for a in typing.get_args(hint))
-    return hint.__name__ if typing.get_origin(hint) is None and hasattr(hint, "__name__") else \
-        str(hint).replace("typing.", "")
-
-
-def parse_options(options_class: type, given: dict | None, where: str):
-    """`given` checked against `options_class` (a dataclass): unknown names and wrong types are a
-    ValueError that names `where` (the config key or matcher) and lists the valid options."""
-    given = dict(given or {})
-    hints = typing.get_type_hints(options_class)
-    names = [f.name for f in dataclasses.fields(options_class)]
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        valid = ", ".join(f"{n} ({_type_name(hints[n])})" for n in names) or "none"
-        raise ValueError(f"{where}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                         f"valid options: {valid}")
-    for name, value in given.items():
-        if not _conforms(value, hints[name]):
-            raise ValueError(f"{where}.{name} = {value!r}: expected {_type_name(hints[name])}")
-    return options_class(**{name: _coerce(value, hints[name]) for name, value in given.items()})
+MATCHERS: Mapping[str, Callable] = _Track("obj")
+OPTIONS: Mapping[str, type] = _Track("options")
 
 
 def register(name: str, options: type = NoOptions):
-    """Register a matcher under `name`; `options` is the dataclass of the options it accepts. The
-    registered function checks `context.config` against it and passes the result as `context.options`."""
-    if not dataclasses.is_dataclass(options):
-        raise TypeError(f"matcher {name!r}: options must be a dataclass, got {options!r}")
-
+    """Register a GLMC matcher under `name` (track "glmc" of `lmcbench.methods`); `options` is the
+    dataclass of the options it accepts. The registered function checks `context.config` against it
+    and passes the result as `context.options`."""
     def add(fn):
-        if name in MATCHERS:
-            raise ValueError(f"matcher {name!r} is registered twice")
-
         @functools.wraps(fn)
         def matcher(model_a: nn.Module, model_b: nn.Module, context: MatchContext) -> Alignment:
             checked = parse_options(options, context.config, f"matcher {name}")
             return fn(model_a, model_b, dataclasses.replace(context, options=checked))
 
-        MATCHERS[name] = matcher
-        OPTIONS[name] = options
-        return matcher
+        return methods.register("glmc", name, options)(matcher)
     return add
 
 
 def get_matcher(name: str) -> Callable:
-    if name not in MATCHERS:
-        raise ValueError(f"unknown matcher {name!r}; registered: {sorted(MATCHERS)}")
-    return MATCHERS[name]
+    return methods.get("glmc", name).obj
 
 
 @register("vanilla")

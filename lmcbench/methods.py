@@ -1,0 +1,239 @@
+"""Methods: one registry for the methods of all three tracks, each with a typed options class.
+
+A method is a named object registered under a track with `@register(track, name, options=...)`;
+`options` is a dataclass whose fields are the method's option names, types and defaults — the one
+place they live. Options a config, a CLI `--opt key=value` or a caller gives are checked against it
+by name and type (`parse_options`) before any job starts, so a misspelt or mistyped option is an
+error that lists the valid ones instead of a silent default.
+
+Tracks (what a registered object is, per track):
+  glmc        pairwise matcher `(model_a, model_b, MatchContext) -> Alignment`     (lmcbench.matchers)
+  glmc_multi  multi-model alignment of N models to a common universe               (lmcbench.matchers.universe)
+  moe_order   MoE Step-1 expert order, followed by Step 2 in every layer           (lmcbench.moe.matching)
+  moe_full    full-model alignment of an MoE model (backbone and MoE layers)       (lmcbench.moe.full_model)
+  ace         ACE training method: hooks on the one training loop                  (lmcbench.ace.baselines)
+
+Where methods come from: the built-in modules above, the entry points of group `lmcbench.methods`
+(an installed package of your own), and plugin files or modules listed under `plugins:` in a config
+or given with `--plugin` (`load_methods`). README "Add a method".
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+
+TRACKS = {
+    "glmc": "GLMC pairwise matchers (config glmc.methods; options glmc.matchers.<name>)",
+    "glmc_multi": "GLMC multi-model alignment (config glmc.multi_model.methods; options glmc.multi_model.matcher)",
+    "moe_order": "MoE-LMC expert-order methods, Step 2 after each (config moe.methods)",
+    "moe_full": "MoE-LMC full-model alignment (config moe.full_model.methods)",
+    "ace": "ACE training methods and baselines (config ace.methods; options ace.options.<name>)",
+}
+BUILTIN = {"glmc": "lmcbench.matchers", "glmc_multi": "lmcbench.matchers.universe",
+           "moe_order": "lmcbench.moe.matching", "moe_full": "lmcbench.moe.full_model", "ace": "lmcbench.ace.baselines"}
+ENTRY_POINT_GROUP = "lmcbench.methods"
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a method that takes none."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: what runs (`obj`: function or class, per track), its options class, its track."""
+    track: str
+    name: str
+    obj: object
+    options: type
+
+    @property
+    def summary(self) -> str:
+        doc = (getattr(self.obj, "__doc__", None) or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def parse(self, given: dict | None, where: str | None = None):
+        """`given` checked against this method's options class, defaults filled in."""
+        return parse_options(self.options, given, where or f"{self.track} method {self.name}")
+
+    def defaults(self) -> dict:
+        return dataclasses.asdict(self.options())
+
+
+REGISTRY: dict[str, dict[str, Method]] = {track: {} for track in TRACKS}
+
+
+def register(track: str, name: str, options: type = NoOptions) -> Callable:
+    """Decorator: register `obj` as method `name` of `track` with options class `options` (a dataclass)."""
+    if track not in TRACKS:
+        raise ValueError(f"method {name!r}: unknown track {track!r}; tracks: {', '.join(TRACKS)}")
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"method {name!r}: options must be a dataclass, got {options!r}")
+    missing = [f.name for f in dataclasses.fields(options)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise TypeError(f"method {name!r}: option{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                        f"need a default (options must be optional)")
+
+    def add(obj):
+        if name in REGISTRY[track]:
+            raise ValueError(f"{track} method {name!r} is registered twice")
+        REGISTRY[track][name] = Method(track, name, obj, options)
+        return obj
+    return add
+
+
+def get(track: str, name: str) -> Method:
+    """The registered method, or a ValueError listing the registered names of the track."""
+    load_methods(tracks=[track])
+    if name not in REGISTRY[track]:
+        raise ValueError(f"unknown {track} method {name!r}; registered: {', '.join(names(track))} "
+                         f"(a method of your own: README 'Add a method')")
+    return REGISTRY[track][name]
+
+
+def names(track: str) -> list[str]:
+    """Registered names of a track, in registration order (built-ins first)."""
+    load_methods(tracks=[track])
+    return list(REGISTRY[track])
+
+
+# ------------------------------------------------------------------------------------------------ loading
+LOADED: dict[str, object] = {}  # plugin, module or entry point -> what importing it returned
+
+
+def load_plugin(entry: str) -> None:
+    """Import a plugin once: a path ending in .py (relative to the working directory), else a module name."""
+    if entry in LOADED:
+        return
+    if entry.endswith(".py"):
+        path = Path(entry)
+        if not path.is_file():
+            raise FileNotFoundError(f"plugin file {entry!r} (config key `plugins` or --plugin) does not exist "
+                                    f"(relative paths are taken from {Path.cwd()})")
+        name = f"lmcbench_plugin_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(entry)
+    LOADED[entry] = module
+
+
+def load_methods(plugins: Iterable[str] = (), tracks: Iterable[str] | None = None) -> None:
+    """Built-in methods of `tracks` (default: all), then installed entry points (group
+    `lmcbench.methods`), then `plugins`; each imported once, so every job and the check before the run
+    see the same methods. (Per track because the ACE methods import escnn, which a GLMC job does not need.)"""
+    for track in tracks if tracks is not None else TRACKS:
+        load_plugin(BUILTIN[track])
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = f"entry point {entry_point.name}"
+        if key not in LOADED:
+            LOADED[key] = entry_point.load()
+    for entry in plugins or ():
+        load_plugin(entry)
+
+
+# ------------------------------------------------------------------------------------------------ options
+def _conforms(value, hint) -> bool:
+    """Whether a config value (YAML: bool, int, float, str, list, None) fits a type annotation."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arm) for arm in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return isinstance(value, (list, tuple)) and all(_conforms(v, args[0]) for v in value)
+        return (isinstance(value, (list, tuple)) and len(value) == len(args)
+                and all(_conforms(v, a) for v, a in zip(value, args)))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _coerce(value, hint):
+    """A checked config value as the annotation's type: lists become tuples, ints given for floats become floats."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        arm = next(a for a in args if _conforms(value, a))
+        return _coerce(value, arm)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0]) for v in value)
+        return tuple(_coerce(v, a) for v, a in zip(value, args))
+    if hint is float:
+        return float(value)
+    return value
+
+
+def type_name(hint) -> str:
+    """A type annotation as a user reads it in an error or in `lmcbench methods`."""
+    if typing.get_origin(hint) is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    return hint.__name__ if typing.get_origin(hint) is None and hasattr(hint, "__name__") else \
+        str(hint).replace("typing.", "")
+
+
+def parse_options(options_class: type, given: dict | None, where: str):
+    """`given` checked against `options_class` (a dataclass): unknown names and wrong types are a
+    ValueError that names `where` (the config key or method) and lists the valid options."""
+    if given is not None and not isinstance(given, dict):
+        raise ValueError(f"{where} = {given!r}: expected a mapping of option names to values")
+    given = dict(given or {})
+    hints = typing.get_type_hints(options_class)
+    names_ = [f.name for f in dataclasses.fields(options_class)]
+    unknown = sorted(set(given) - set(names_))
+    if unknown:
+        valid = ", ".join(f"{n} ({type_name(hints[n])})" for n in names_) or "none"
+        raise ValueError(f"{where}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"valid options: {valid}")
+    for name, value in given.items():
+        if not _conforms(value, hints[name]):
+            raise ValueError(f"{where}.{name} = {value!r}: expected {type_name(hints[name])}")
+    return options_class(**{name: _coerce(value, hints[name]) for name, value in given.items()})
+
+
+def cli_options(pairs: Iterable[str] | None) -> dict:
+    """`--opt key=value` arguments as an options dict; values are read as YAML (3, 0.1, true, [1, 2], text)."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--opt {pair!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def describe(track: str) -> list[dict]:
+    """One row per option of every method of `track` (a method without options gets one row): for `lmcbench methods`."""
+    rows = []
+    for name in names(track):
+        method = REGISTRY[track][name]
+        hints = typing.get_type_hints(method.options)
+        fields = dataclasses.fields(method.options)
+        if not fields:
+            rows.append({"track": track, "method": name, "option": "", "type": "", "default": "",
+                         "summary": method.summary})
+        for i, f in enumerate(fields):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append({"track": track, "method": name, "option": f.name, "type": type_name(hints[f.name]),
+                         "default": default, "summary": method.summary if i == 0 else ""})
+    return rows
