@@ -36,6 +36,7 @@ PINNED_ENV = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_CBWR": "AVX2",
     "NPY_DISABLE_CPU_FEATURES": _NUMPY_ABOVE_AVX2,
+    "NUMBA_CPU_NAME": "haswell",   # numba's code generation (the fused L1 kernel reassociates sums by vector width)
 }
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # Other dispatch caps a user may set; pinned mode does not need them (measured), provenance records them.

@@ -60,21 +60,26 @@ def test_optimised_matching_finds_the_previous_element(trained_pairs, family: st
             assert found.tolist() == expected[name], name
 
 
-def test_l1_distances_is_the_l1_distance_matrix():
-    """The blocked kernel against the definition, with tiles that do not divide the shapes."""
+@pytest.mark.parametrize("kernel", ["fused", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l1_distances_is_the_l1_distance_matrix(kernel: str, dtype: torch.dtype):
+    """Both kernels against the definition, with shapes that neither the fused kernel's 4-row and
+    128-column blocks nor the torch tiles divide; rows shared between threads give the same bits."""
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(37, 11, generator=gen, dtype=torch.float64), torch.randn(23, 11, generator=gen, dtype=torch.float64)
+    a, b = torch.randn(37, 11, generator=gen, dtype=torch.float64), torch.randn(131, 11, generator=gen, dtype=torch.float64)
     expected = (a[:, None] - b[None]).abs().sum(-1)
-    for tile in (1, 50, 300, None):
-        assert torch.allclose(l1_distances(a, b, tile), expected, rtol=0, atol=1e-12)
+    a, b = a.to(dtype), b.to(dtype)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for tile in ((1, 50, 300, None) if kernel == "torch" else (None,)):
+        assert torch.allclose(l1_distances(a, b, kernel, tile).double(), expected, rtol=0, atol=tol)
     threads = torch.get_num_threads()
-    try:  # rows shared between threads: the same bits as one thread
+    try:
         torch.set_num_threads(3)
-        shared = l1_distances(a.float(), b.float(), 50)
+        shared = l1_distances(a, b, kernel, 50)
     finally:
         torch.set_num_threads(threads)
     assert torch.get_num_threads() == threads
-    assert torch.equal(shared, l1_distances(a.float(), b.float(), 50))
+    assert torch.equal(shared, l1_distances(a, b, kernel, 50))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (workflow/scripts/gpu_check.sh)")
