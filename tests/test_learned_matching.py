@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from test_matchers import loss_path, make, teacher_task
+from test_matchers import CTX, VOCAB, loss_path, make, teacher_task
 from lmcbench.canonical import canonicalize
-from lmcbench.matchers import MATCHERS, MatchContext
+from lmcbench.data import Dataset
+from lmcbench.matchers import MATCHERS, MatchContext, learned
 from lmcbench.matchers.learned import LearnedOptions, train_latents
+from lmcbench.matchers.weight_matching import glmc_weight_matching_states
 from lmcbench.symmetry import apply, spec_for
+from lmcbench.tasks import LanguageModelingTask
 
 STEPS = {"steps": 150, "batch_size": 8, "perm_lr": 0.05, "eval_every": 10, "patience": None}
 
@@ -78,3 +81,20 @@ def test_epochs_set_the_number_of_steps():
     """The official schedule counts epochs over the train split; `steps` is used only without them."""
     assert LearnedOptions(steps=7).total_steps(train_examples=95) == 7
     assert LearnedOptions(steps=7, epochs=2, batch_size=10).total_steps(train_examples=95) == 19   # ⌈2·95/10⌉
+
+
+def test_weight_matching_start_compares_only_tokens_seen_in_training(monkeypatch):
+    """`learned_full` starts from the same weight matching as `glmc_weight_matching`: embedding rows of
+    tokens the train split never contains are left out of the residual step (`active_tokens`)."""
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("tokens"))
+        return glmc_weight_matching_states(*args, **kwargs)
+
+    monkeypatch.setattr(learned, "glmc_weight_matching_states", spy)
+    a, b = make("gpt2-d1-w32-h2-tied", seed=0), make("gpt2-d1-w32-h2-tied", seed=1)
+    tokens = torch.randint(0, VOCAB // 2, (200,), generator=torch.Generator().manual_seed(0))  # half the vocabulary
+    task = LanguageModelingTask(Dataset("half-vocab", "text", tokens, tokens, tokens), block_size=CTX)
+    MATCHERS["learned_full"](a, b, MatchContext(task, {"steps": 1, "batch_size": 4, "iterations": 2}, 0))
+    assert len(seen) == 1 and torch.equal(seen[0], torch.unique(tokens)), seen

@@ -43,7 +43,8 @@ from lmcbench.barrier import BoundModel
 from lmcbench.canonical import circuit_form, circuit_state_dict
 from lmcbench.matchers import Alignment, MatchContext, register
 from lmcbench.matchers.assignment import match_units
-from lmcbench.matchers.weight_matching import detached_state, ensure_canonical, finish, glmc_weight_matching_states
+from lmcbench.matchers.weight_matching import (active_tokens, detached_state, ensure_canonical, finish,
+                                              glmc_weight_matching_states)
 from lmcbench.symmetry import apply, layout_for, perm_matrix, spec_for
 from lmcbench.tasks import autocast, evaluate
 from lmcbench.training import default_device, warmup_cosine
@@ -127,6 +128,8 @@ class LearnedOptions(LearningOptions):
 class LearnedFromMatchingOptions(LearnedOptions):
     iterations: int = 15                    # rounds of the weight matching it starts from
     mlp_cost: Literal["l1", "cosine"] = "l1"
+    token_freqs: bool = True                # that weight matching compares only tokens seen in training, as
+                                            # `glmc_weight_matching` does (`active_tokens`) [official code]
 
 
 def _hard(latents: dict[str, Tensor], groups: dict[str, str]) -> dict[str, Tensor]:
@@ -265,7 +268,8 @@ def _learned(model_a: nn.Module, model_b: nn.Module, context: MatchContext, resi
         raise ValueError("learned matching trains on data: pass a task in the MatchContext")
     cfg = context.options
     if init == "weight_matching":
-        canon_a, aligner = glmc_weight_matching_states(model_a, model_b, cfg.iterations, residual, cfg.mlp_cost)
+        canon_a, aligner = glmc_weight_matching_states(model_a, model_b, cfg.iterations, residual, cfg.mlp_cost,
+                                                       tokens=active_tokens(context.task, cfg.token_freqs))
         state_b = aligner.state_b
     else:
         canon_a, state_b = ensure_canonical(model_a), detached_state(ensure_canonical(model_b))
