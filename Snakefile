@@ -1,25 +1,23 @@
 """lmcbench: every experiment, table and figure.  snakemake --cores all
 
-Profiles: workflow/config/{default,smoke,paper}.yaml (pass another with --configfile; it is merged
-over the default). The config is validated against workflow/schemas/config.schema.yaml before any
-job starts, dry runs included (lmcbench.config). Rules are thin: each calls an `lmcbench` function
-through a shim in workflow/scripts.
+Profiles: lmcbench/profiles/{default,smoke,paper,gpu_check}.yaml, package data (pass another with
+--configfile; it is merged over the default). The config is validated against
+lmcbench/schemas/config.schema.yaml before any job starts, dry runs included (lmcbench.config).
+Rules are thin: each calls an `lmcbench` function through a shim in workflow/scripts.
 """
-from pathlib import Path
-
 from snakemake.utils import min_version
 
-from lmcbench.config import check_config
+from lmcbench.config import DEFAULT_PROFILE, check_config
 
 min_version("9.0")
 
 
-configfile: "workflow/config/default.yaml"
+configfile: str(DEFAULT_PROFILE)   # the installed package's copy: one default for the CLI and the workflow
 
 
 # at parse time, so a dry run fails too: schema (one line naming the key), plugins loaded and every
 # matcher and matcher option checked against the registry, cross-key rules (lmcbench.config)
-check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+check_config(config)
 
 
 include: "workflow/rules/common.smk"

@@ -1,6 +1,6 @@
 """The claims ledger: every testable claim of the three papers, evaluated on a finished run's tables.
 
-A claim (results/reference/claims.yaml, schema workflow/schemas/claims.schema.yaml) selects rows of one
+A claim (results/reference/claims.yaml, schema lmcbench/schemas/claims.schema.yaml) selects rows of one
 result table, forms one or two arms, pairs them on a unit key (a seed, a seed pair, seed × sweep value),
 computes a statistic per unit (the value, the difference a − b or the ratio a / b) and compares the mean
 with a threshold.
@@ -17,6 +17,7 @@ pandas / numpy / scipy only: the claims job never imports torch.
 from __future__ import annotations
 
 import operator
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,8 @@ import yaml
 
 from lmcbench.tables import read_csv, write_csv, write_text
 
-ROOT = Path(__file__).resolve().parents[1]
-REGISTRY = ROOT / "results" / "reference" / "claims.yaml"
-SCHEMA = ROOT / "workflow" / "schemas" / "claims.schema.yaml"
+REGISTRY = Path("results") / "reference" / "claims.yaml"   # the project's registry, beside the published numbers
+SCHEMA = Path(files("lmcbench") / "schemas" / "claims.schema.yaml")   # package data
 LEVEL = 0.95
 VERDICTS = ("holds", "does not hold", "inconclusive", "not run")
 COLUMNS = ["claim", "paper", "where", "statement", "profile", "scope", "metric", "comparison", "ours_mean",
@@ -44,7 +44,8 @@ def load_claims(path: str | Path = REGISTRY) -> list[dict]:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"claims registry {path} does not exist (see results/reference/claims.yaml)")
+        raise FileNotFoundError(f"claims registry {path} does not exist: run from the project folder, which "
+                                f"has {REGISTRY}, or pass the registry's path")
     data = yaml.safe_load(path.read_text())
     try:
         jsonschema.validate(data, yaml.safe_load(SCHEMA.read_text()))

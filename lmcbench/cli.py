@@ -1,6 +1,6 @@
 """`lmcbench` command line: the same job functions the Snakemake rules call, for one-off use.
 
-  lmcbench train --config workflow/config/default.yaml --model vit --seed 0 --out results/models/vit/seed0
+  lmcbench train --config default --model vit --seed 0 --out results/models/vit/seed0
   lmcbench align A_DIR B_DIR --method vanilla --dataset mnist5k --out results/my_pair
   lmcbench matchers
   lmcbench config --profile paper [--key glmc.matchers]
@@ -18,6 +18,9 @@ from pathlib import Path
 
 import yaml
 
+PROFILE_HELP = ("a shipped profile's name (default, smoke, paper, gpu_check: `lmcbench config --profile NAME`) "
+                "or a YAML path; merged over the default profile")
+
 
 def _dataset_cfg(args) -> dict:
     cfg = {"name": args.dataset}
@@ -32,10 +35,11 @@ def _dataset_cfg(args) -> dict:
 def _apply_numerics(args) -> None:
     """The profile's `numerics` block (the default's when no --config), overridden by --numerics and --threads."""
     from lmcbench import numerics
+    from lmcbench.config import DEFAULT_PROFILE, profile_path
 
     cfg = {}
     if getattr(args, "config", None):   # read, not validated: the schema validator loads numpy
-        for path in (Path(__file__).resolve().parents[1] / "workflow/config/default.yaml", Path(args.config)):
+        for path in (DEFAULT_PROFILE, profile_path(args.config)):
             cfg.update((yaml.safe_load(path.read_text()) or {}).get("numerics") or {})
     if args.numerics:
         cfg["mode"] = args.numerics
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model of a profile for one seed")
-    p.add_argument("--config", default="workflow/config/default.yaml", help="profile YAML (merged over default)")
+    p.add_argument("--config", default="default", help=PROFILE_HELP)
     p.add_argument("--model", required=True, help="a key of the profile's `models`")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="checkpoint directory")
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("config", help="print a profile's effective configuration: merged over default.yaml as "
                                       "Snakemake merges it, and checked (schema, matcher options)")
-    p.add_argument("--profile", default="default", help="a profile name (workflow/config/NAME.yaml) or a YAML path")
+    p.add_argument("--profile", default="default", help=PROFILE_HELP)
     p.add_argument("--key", help="print only this dotted key, e.g. glmc.matchers or models.gpt2")
 
     p = sub.add_parser("matchers", help="list registered matchers")
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "(matching-scale), training throughput (throughput)")
     p.add_argument("what", choices=["rules", "matching", "matching-scale", "throughput"])
     p.add_argument("--results", default="results", help="rules: the results folder of a finished run")
-    p.add_argument("--config", default="workflow/config/default.yaml", help="throughput: profile YAML")
+    p.add_argument("--config", default="default", help="throughput: " + PROFILE_HELP)
     p.add_argument("--models", nargs="+", default=["vit", "gpt2"], help="throughput: keys of the profile's models")
     p.add_argument("--steps", type=int, default=20, help="throughput: timed optimiser steps")
     p.add_argument("--device", default=None, help="throughput, matching: cpu or cuda (default: cuda when present)")
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "RESULTS/tables/claims.csv and claims.tex (see lmcbench.claims)")
     p.add_argument("--results", default="results", help="the results folder of a finished run")
     p.add_argument("--profile", default="unspecified", help="profile name written into the ledger")
-    p.add_argument("--registry", default=None, help="claims YAML (default results/reference/claims.yaml)")
+    p.add_argument("--registry", default=None, help="claims YAML (default results/reference/claims.yaml in the CWD)")
 
     p = sub.add_parser("readme", help="render a run's summary tables and claims ledger as markdown; "
                                       "--snapshot commits a run as reference, --splice fills a README block")
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("golden", help="compare a run's key tables (summaries, claims) with the golden files "
                                       "byte for byte (exit 1 on a difference), or --update them")
     p.add_argument("--results", required=True, help="a finished results folder (e.g. of the smoke profile)")
-    p.add_argument("--golden", default=None, help="golden folder (default tests/golden/smoke)")
+    p.add_argument("--golden", default=None, help="golden folder (default tests/golden/smoke in the CWD)")
     p.add_argument("--update", action="store_true", help="copy the run's tables into the golden folder")
     parser.add_argument("-v", "--debug", action="store_true", help="on an error, show the full traceback")
     for command in sub.choices.values():  # also after the subcommand: `lmcbench align … -v`
@@ -175,10 +179,9 @@ def _run(args, parser) -> int:
                                                 if differences else "tables match"]))
         return 1 if differences else 0
     if args.command == "config":
-        from lmcbench.config import ROOT, load_profile
+        from lmcbench.config import load_profile
 
-        named = ROOT / "workflow" / "config" / f"{args.profile}.yaml"
-        config = load_profile(named if named.is_file() else args.profile)
+        config = load_profile(args.profile)
         for part in (args.key.split(".") if args.key else []):
             if not isinstance(config, dict) or part not in config:
                 raise KeyError(f"--key {args.key}: no {part!r} in the effective config")

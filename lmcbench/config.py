@@ -9,14 +9,16 @@ task lists, dataset roots that exist).
 """
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_PROFILE = ROOT / "workflow" / "config" / "default.yaml"
+# package data (pyproject's package-data), the only copies: the workflow reads these files too
+PROFILES = Path(files("lmcbench") / "profiles")
+SCHEMA = Path(files("lmcbench") / "schemas" / "config.schema.yaml")
+DEFAULT_PROFILE = PROFILES / "default.yaml"
 MIN_MULTI_MODELS = 3  # models the multi-model experiments need at least (glmc.multi_model.n_models' minimum)
 
 
@@ -46,11 +48,26 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_profile(path: str | Path) -> dict:
-    """A profile merged over the default, as Snakemake does, and checked with `check_config`."""
-    path = Path(path)
+def profile_names() -> list[str]:
+    """The shipped profiles, by name."""
+    return sorted(p.stem for p in PROFILES.glob("*.yaml"))
+
+
+def profile_path(profile: str | Path) -> Path:
+    """A shipped profile's file by name (`smoke`), else `profile` as a path (relative to the CWD)."""
+    if str(profile) in profile_names():
+        return PROFILES / f"{profile}.yaml"
+    path = Path(profile)
     if not path.is_file():
-        raise ConfigError(f"profile {path} does not exist (profiles: {ROOT / 'workflow' / 'config'})")
+        raise ConfigError(f"profile {profile} is neither a shipped profile ({', '.join(profile_names())}) "
+                          f"nor an existing YAML file")
+    return path
+
+
+def load_profile(profile: str | Path) -> dict:
+    """A profile (a shipped name or a YAML path) merged over the default, as Snakemake does, and checked
+    with `check_config`."""
+    path = profile_path(profile)
     try:
         override = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

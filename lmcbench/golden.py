@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 from lmcbench.compare import compare_dirs
-from lmcbench.readme import ROOT, SNAPSHOT_TABLES
+from lmcbench.readme import SNAPSHOT_TABLES
 
 GOLDEN_TABLES = SNAPSHOT_TABLES
-SMOKE_GOLDEN = ROOT / "tests" / "golden" / "smoke"
+SMOKE_GOLDEN = Path("tests") / "golden" / "smoke"   # in the project folder (the CWD), not the package
 
 
 def check(results: str | Path, golden: str | Path = SMOKE_GOLDEN) -> list[str]:

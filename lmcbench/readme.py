@@ -25,7 +25,6 @@ from lmcbench.claims import interval_text
 from lmcbench.tables import read_csv, write_csv, write_text
 from lmcbench.timing import bench_rules, dag_span_s
 
-ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT_TABLES = ("glmc_summary.csv", "moe_summary.csv", "moe_testability.csv", "ace_summary.csv", "claims.csv")
 RULES_TABLE = "rules.csv"   # per-rule wall/CPU seconds of the run: in a snapshot only, never golden (not reproducible)
 ACE_METRICS = ("accuracy", "mse", "equiv_err", "max_abs_gamma")   # the README's ACE columns (ace_summary.csv has more)
@@ -34,7 +33,8 @@ END = "<!-- END GENERATED -->"
 BLOCK = re.compile(r"<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- END GENERATED -->", re.S)
 
 
-def snapshot_dir(name: str, root: str | Path = ROOT) -> Path:
+def snapshot_dir(name: str, root: str | Path = ".") -> Path:
+    """The committed snapshot of profile `name` in the project folder `root` (default: the CWD)."""
     return Path(root) / "results" / "reference" / f"{name}_run"
 
 
@@ -252,7 +252,7 @@ def splice(text: str, name: str, body: str) -> str:
     return text[:m.start("body")] + body + text[m.end("body"):]
 
 
-def expected_block(name: str, root: str | Path = ROOT) -> str:
+def expected_block(name: str, root: str | Path = ".") -> str:
     """What the README block `name` must hold: the rendering of its snapshot, or the placeholder."""
     folder = snapshot_dir(name, root)
     return render(folder) if folder.exists() else placeholder(name)

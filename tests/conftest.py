@@ -17,6 +17,8 @@ import pytest
 import torch
 from torch import nn
 
+from lmcbench.config import PROFILES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Tiny shapes: every model here trains for tens of steps in well under a second on one core.
@@ -140,6 +142,6 @@ def smoke_run(tmp_path_factory) -> Path:
     shared by every test that reads its outputs (test_workflow's checks, the golden tables in test_claims)."""
     workdir = tmp_path_factory.mktemp("smoke")
     copy_workflow(workdir)
-    result = run_snakemake("--cores", "2", "--configfile", "workflow/config/smoke.yaml", cwd=workdir, timeout=1400)
+    result = run_snakemake("--cores", "2", "--configfile", str(PROFILES / "smoke.yaml"), cwd=workdir, timeout=1400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return workdir

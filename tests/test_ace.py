@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmcbench.ace.constrained import ConstrainedOptimizer, Constraint, ace_defects, ace_optimizer, gamma_optimizer
-from lmcbench.config import merge
+from lmcbench.config import PROFILES, merge
 from lmcbench.ace.layers import branch, gamma_parameters, mixed_layers, recompute_batchnorm, rpp_penalty
 from lmcbench.ace.metrics import haar_rotation, image_equivariance, nbody_equivariance
 from lmcbench.ace.models import EGNN, RelaxedGroupCNN
@@ -231,9 +231,9 @@ def effective_ace(profile: str) -> dict:
     """The profile's `ace` section as Snakemake sees it: the profile merged over default.yaml."""
     import yaml
 
-    cfg = yaml.safe_load((ROOT / "workflow" / "config" / "default.yaml").read_text())
+    cfg = yaml.safe_load((PROFILES / "default.yaml").read_text())
     if profile != "default":
-        cfg = merge(cfg, yaml.safe_load((ROOT / "workflow" / "config" / f"{profile}.yaml").read_text()))
+        cfg = merge(cfg, yaml.safe_load((PROFILES / f"{profile}.yaml").read_text()))
     return cfg["ace"]
 
 

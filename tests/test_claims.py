@@ -10,7 +10,11 @@ import pytest
 import yaml
 from scipy import stats
 
+from conftest import ROOT
 from lmcbench import claims as C
+from lmcbench.config import PROFILES
+
+REGISTRY = ROOT / C.REGISTRY   # the project's registry, whatever the CWD
 
 PAIRS = [(0, 1), (0, 2), (1, 2)]
 
@@ -157,7 +161,7 @@ RULE_TABLES = {"glmc_barriers.csv", "moe_barriers.csv", "moe_order_ranks.csv", "
 
 
 def test_shipped_registry_is_valid_and_covers_every_track():
-    claims = C.load_claims()
+    claims = C.load_claims(REGISTRY)
     assert {c["table"] for c in claims} <= RULE_TABLES
     for track in ("glmc", "moe", "ace"):
         assert len({c["id"] for c in claims if c["id"].startswith(track + ".")}) >= 4, track
@@ -173,13 +177,13 @@ def test_claims_job_writes_every_column_and_the_tex(tmp_path):
         paths.append(tmp_path / name)
         (table if name == "glmc_barriers.csv" else pd.DataFrame()).to_csv(paths[-1], index=False)
     out = {"csv": tmp_path / "claims.csv", "tex": tmp_path / "claims.tex"}
-    C.claims_job(paths, out, profile="synthetic")
+    C.claims_job(paths, out, profile="synthetic", registry=REGISTRY)
     written = pd.read_csv(out["csv"])
     required = ["claim", "paper", "statement", "profile", "metric", "ours_mean", "ours_ci_low", "ours_ci_high", "n",
                 "paper_value", "verdict", "table", "rows"]
     assert set(required) <= set(written.columns)
     assert set(written["verdict"]) <= set(C.VERDICTS) and set(written["profile"]) == {"synthetic"}
-    assert written["claim"].nunique() == len(C.load_claims())
+    assert written["claim"].nunique() == len(C.load_claims(REGISTRY))
     by_id = written.set_index("claim")
     assert by_id.loc["glmc.C2c", "verdict"] == "holds" and by_id.loc["glmc.C1", "verdict"] == "holds"
     assert by_id.loc["moe.C6a", "verdict"] == "not run"
@@ -219,7 +223,7 @@ def synthetic_run(root) -> "Path":
     bench.mkdir(parents=True)
     (bench / "seed0.tsv").write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
                                      "12.5\t0:00:12\t512.0\t1\t1\t1\t0\t0\t90\t11.5\n")
-    ledger = C.evaluate(C.load_claims(), {n: glmc if n == "glmc_barriers.csv" else pd.DataFrame()
+    ledger = C.evaluate(C.load_claims(REGISTRY), {n: glmc if n == "glmc_barriers.csv" else pd.DataFrame()
                                           for n in RULE_TABLES}, profile="tiny")
     ledger.to_csv(tables / "claims.csv", index=False)
     for job in ("glmc/pairwise/vit/vanilla", "ace/nbody"):
@@ -265,13 +269,13 @@ def test_readme_generated_blocks_match_the_committed_runs():
     committed, the placeholder), and every committed run has its block."""
     from lmcbench import readme
 
-    blocks = readme.blocks((readme.ROOT / "README.md").read_text())
+    blocks = readme.blocks((ROOT / "README.md").read_text())
     assert "default" in blocks
     for name, body in blocks.items():
-        assert body == readme.expected_block(name), (
+        assert body == readme.expected_block(name, ROOT), (
             f"README block {name!r} differs from rendering results/reference/{name}_run: run "
             f"`lmcbench readme --results results/reference/{name}_run --splice README.md --name {name}`")
-    committed = {p.name[:-len("_run")] for p in (readme.ROOT / "results" / "reference").glob("*_run")}
+    committed = {p.name[:-len("_run")] for p in (ROOT / "results" / "reference").glob("*_run")}
     assert committed <= set(blocks)
 
 
@@ -285,8 +289,8 @@ def test_smoke_run_matches_the_golden_tables(smoke_run):
 
     results = smoke_run / "results"
     if os.environ.get("LMCBENCH_UPDATE_GOLDEN") == "1":
-        golden.update_golden(results)
-    problems = golden.check(results)
+        golden.update_golden(results, ROOT / golden.SMOKE_GOLDEN)
+    problems = golden.check(results, ROOT / golden.SMOKE_GOLDEN)
     assert not problems, "\n".join(problems[:30])
 
 
@@ -352,7 +356,7 @@ def test_shipped_ace_and_moe_claims_on_tables_shaped_like_the_runs(tmp_path):
         rank=2, n_orders=24, scaled_excess=3.0)
     tables = {"ace_results.csv": pd.read_csv(results_path), "ace_trajectories.csv": traj, "ace_curves.csv": curves,
               "moe_barriers.csv": moe, "moe_order_ranks.csv": ranks, "glmc_barriers.csv": pd.DataFrame()}
-    out = C.evaluate(C.load_claims(), tables, profile="shaped").set_index(["claim", "scope"])
+    out = C.evaluate(C.load_claims(REGISTRY), tables, profile="shaped").set_index(["claim", "scope"])
     ace = out[out["paper"] == "ACE"]
     assert (ace["verdict"] != "not run").all(), ace[["verdict", "note"]]
     assert len(out.loc["ace.C1"]) == 2   # per task
@@ -382,7 +386,7 @@ def test_cli_claims_readme_and_golden(tmp_path, capsys):
     run = synthetic_run(tmp_path / "results")
     barrier_table({"vanilla": [1.0, 1.2, 0.9], "glmc_weight_matching": [0.2, 0.3, 0.25]}).to_csv(
         run / "tables" / "glmc_barriers.csv", index=False)
-    assert cli.main(["claims", "--results", str(run), "--profile", "cli"]) == 0
+    assert cli.main(["claims", "--results", str(run), "--profile", "cli", "--registry", str(REGISTRY)]) == 0
     ledger = pd.read_csv(run / "tables" / "claims.csv")
     assert set(ledger["profile"]) == {"cli"} and (run / "tables" / "claims.tex").exists()
     assert ledger.set_index("claim").loc["glmc.C1", "verdict"] == "holds"
@@ -421,7 +425,7 @@ def test_a_broken_registry_stops_the_dry_run(tmp_path):
     copy_workflow(tmp_path)
     registry = tmp_path / "results" / "reference" / "claims.yaml"
     registry.write_text(registry.read_text().replace("    stat: ratio\n", "    stat: quotient\n", 1))
-    result = run_snakemake("-n", "--cores", "1", "--configfile", "workflow/config/smoke.yaml", cwd=tmp_path)
+    result = run_snakemake("-n", "--cores", "1", "--configfile", str(PROFILES / "smoke.yaml"), cwd=tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode != 0 and "quotient" in out and "glmc.C2a" in out, out[-2000:]
     assert "Job stats:" not in out

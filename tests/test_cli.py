@@ -92,7 +92,7 @@ def test_bench_throughput_and_matching_scale_run_the_real_code():
     from lmcbench.bench import bench_matching_scale, bench_throughput
     from lmcbench.config import load_profile
 
-    config = load_profile(ROOT / "workflow" / "config" / "smoke.yaml")
+    config = load_profile("smoke")
     table = bench_throughput(config, ["vit", "gpt2"], steps=2, warmup=1, device="cpu")
     assert list(table["model"]) == ["vit", "gpt2"] and (table["samples_per_s"] > 0).all()
     assert table.loc[1, "tokens_per_s"] == pytest.approx(table.loc[1, "samples_per_s"] * 32, rel=1e-2)

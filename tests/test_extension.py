@@ -11,6 +11,7 @@ from lmcbench.config import ConfigError, check_matchers
 from lmcbench.matchers import MATCHERS
 from lmcbench.methods import load_plugin
 from test_workflow import ROOT, _copy_workflow, snakemake
+from lmcbench.config import PROFILES
 
 PLUGIN = "workflow/plugins/glmc_wm_one_round.py"
 METHOD = "glmc_wm_one_round"
@@ -37,7 +38,7 @@ def registry():
 
 def _config(tmp_path, override: dict) -> list[str]:
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
-    return ["--configfile", "workflow/config/smoke.yaml", "override.yaml"]
+    return ["--configfile", str(PROFILES / "smoke.yaml"), "override.yaml"]
 
 
 def test_plugin_registers_its_matcher_once(monkeypatch, registry):

@@ -17,6 +17,7 @@ from conftest import MNIST_CFG, ROOT, vit_cfg
 from lmcbench import numerics
 from lmcbench.cli import main
 from lmcbench.compare import compare_dirs
+from lmcbench.config import PROFILES, SCHEMA
 from lmcbench.io import provenance
 
 # A few training steps of a tiny ViT through the job runner (threads as a rule would request them),
@@ -108,9 +109,9 @@ def test_bad_mode_is_a_config_error():
                                           ("paper", "fast")])
 def test_profiles_numerics(profile, mode):
     """The merged, validated profile: CPU profiles pinned at 1 thread, GPU profiles fast."""
-    config = yaml.safe_load((ROOT / "workflow/config/default.yaml").read_text())
-    update_config(config, yaml.safe_load((ROOT / f"workflow/config/{profile}.yaml").read_text()))
-    validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    config = yaml.safe_load((PROFILES / "default.yaml").read_text())
+    update_config(config, yaml.safe_load((PROFILES / f"{profile}.yaml").read_text()))
+    validate(config, str(SCHEMA))
     assert numerics.resolve(config["numerics"])["mode"] == mode
     if mode == "pinned":
         assert numerics.resolve(config["numerics"])["threads"] == 1

@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT
 from lmcbench.cli import main
-from lmcbench.config import load_profile
+from lmcbench.config import PROFILES, load_profile
 from lmcbench.matchers import OPTIONS, parse_options
 from lmcbench.matchers.universe import MultiModelOptions
 
@@ -25,7 +25,7 @@ OFFICIAL = {"lr": 3e-4, "weight_decay": 0.01, "warmup_frac": 0.05, "batch_size":
 def with_data_roots(name: str, tmp_path) -> Path:
     """The profile with its dataset roots pointed at empty stand-ins under tmp_path (the real data is
     not in the repository; `check_config` requires the roots to exist), as a user would pass them."""
-    config = yaml.safe_load((ROOT / "workflow" / "config" / f"{name}.yaml").read_text())
+    config = yaml.safe_load((PROFILES / f"{name}.yaml").read_text())
     for key, dataset in config.get("datasets", {}).items():
         if dataset.get("root"):
             root = tmp_path / key / Path(dataset["root"]).name

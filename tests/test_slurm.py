@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from test_workflow import ROOT, _copy_workflow, snakemake
+from lmcbench.config import PROFILES
 
 SCRIPT = ROOT / "tests" / "cluster" / "slurm_local.sh"
 TARGETS = [f"results/models/vit/seed{s}/model.safetensors" for s in (0, 1, 2)] + [
@@ -41,7 +42,7 @@ def slurm_cluster():
         _cluster("stop", timeout=120)
 
 
-def _slurm(workdir: Path, *targets: str, configfiles=("workflow/config/smoke.yaml",)) -> subprocess.CompletedProcess:
+def _slurm(workdir: Path, *targets: str, configfiles=(str(PROFILES / "smoke.yaml"),)) -> subprocess.CompletedProcess:
     # the project's profile, with a 1 s first status poll so that a test does not idle for 20 s per job;
     # `timeout` inside snakemake() kills a hung run (the plugin ignores SIGTERM while jobs are queued)
     return snakemake("--profile", str(ROOT / "workflow" / "profiles" / "slurm"),
@@ -63,7 +64,7 @@ def test_smoke_subset_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     slurm_logs = list((on_slurm / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert len(slurm_logs) == len(TARGETS), sorted(map(str, slurm_logs))
 
-    result = snakemake("--cores", "2", "--configfile", "workflow/config/smoke.yaml", "--", *TARGETS, cwd=local,
+    result = snakemake("--cores", "2", "--configfile", str(PROFILES / "smoke.yaml"), "--", *TARGETS, cwd=local,
                        timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
 
@@ -85,7 +86,7 @@ def test_failing_slurm_job_fails_the_workflow(slurm_cluster, tmp_path):
     missing.mkdir()                        # the job itself fails inside SLURM
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump({"datasets": {"images": {"name": "cifar10",
                                                                                    "root": str(missing)}}}))
-    result = _slurm(tmp_path, TARGETS[0], configfiles=("workflow/config/smoke.yaml", "broken.yaml"))
+    result = _slurm(tmp_path, TARGETS[0], configfiles=(str(PROFILES / "smoke.yaml"), "broken.yaml"))
     log = result.stdout + result.stderr
     assert result.returncode != 0, log[-5000:]
     assert "Error in rule train" in log, log[-5000:]

@@ -18,9 +18,9 @@ import yaml
 
 from conftest import ROOT, copy_workflow, data_cfg, model_cfg, run_snakemake
 from lmcbench.cli import main
-from lmcbench.config import DEFAULT_PROFILE, ConfigError, check_config, load_profile, merge
+from lmcbench.config import DEFAULT_PROFILE, PROFILES, ConfigError, check_config, load_profile, merge
 
-SMOKE = ROOT / "workflow" / "config" / "smoke.yaml"
+SMOKE = PROFILES / "smoke.yaml"
 TARGET = "results/models/vit/seed0/model.safetensors"
 OUTPUTS = ("model.safetensors", "config.json", "history.csv")  # the train rule's declared outputs
 # one ViT training job long enough to be interrupted after its first resume.pt (step 10) and before its end

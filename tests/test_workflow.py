@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from conftest import copy_workflow, run_snakemake
+from lmcbench.config import PROFILES, SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "workflow" / "config"
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+CONFIG_DIR = PROFILES
 RULES = {"train", "glmc_pairwise", "glmc_tables", "glmc_figures", "training_report", "all"}
 
 
@@ -305,7 +305,7 @@ def test_full_smoke_workflow(smoke_run):
     assert (tables / "claims.tex").read_text().count("glmc.C") >= 4
 
     # the Snakemake report holds every figure (each with its caption) and the summary tables
-    result = snakemake("--cores", "1", "--configfile", "workflow/config/smoke.yaml", "--report", "results/report.html",
+    result = snakemake("--cores", "1", "--configfile", str(PROFILES / "smoke.yaml"), "--report", "results/report.html",
                        cwd=tmp_path, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     report = (tmp_path / "results" / "report.html").read_text()

@@ -20,7 +20,7 @@ done
 if [[ "${1:-}" == "--full" ]]; then
   start=$(date +%s)
   # the README's command for the profile (results/ of this checkout)
-  "$py/snakemake" --profile workflow/profiles/workstation --configfile workflow/config/gpu_check.yaml 2>&1 | tail -n 5
+  "$py/snakemake" --profile workflow/profiles/workstation --configfile lmcbench/profiles/gpu_check.yaml 2>&1 | tail -n 5
   echo "gpu_check profile end to end: $(( $(date +%s) - start )) s" | tee "$out/profile_time.txt"
   "$py/lmcbench" bench rules --results results --out "$out/rules.csv"
 fi
