@@ -1,4 +1,7 @@
-"""The one training loop for every model: AdamW, warm-up + cosine, clipping, early stopping, resume.
+"""The one training loop for every model (`run_steps`) with a small hook protocol (`Hooks`), and the
+GLMC/MoE recipe on it (`train`): AdamW, warm-up + cosine, clipping, early stopping, resume. The ACE
+training methods are hooks on the same loop (lmcbench.ace.baselines): extra loss terms, a constrained
+step in place of the plain one, a γ schedule per step, evaluation and an end-of-training action.
 
 A run periodically writes `resume.pt` (model, optimiser, scheduler, RNG and early-stopping state)
 atomically into its output directory; a killed run restarted with the same arguments continues
@@ -14,6 +17,7 @@ import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -81,6 +85,68 @@ def _weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class Hooks:
+    """What a training method adds to `run_steps`; every hook is optional (these defaults do nothing).
+
+    Per step, in this order: `before_step` (e.g. a γ schedule), the objective, `extra_loss` (a term added
+    to it: a penalty, a prior), then either `constrained_step` (a step that replaces the plain one and
+    returns True, e.g. primal–dual) or the plain step — zero_grad, `before_backward`, backward,
+    `after_backward` (e.g. clipping), every optimiser's step — then the schedulers' step and `after_step`
+    (logging, evaluation; returns True to stop). `end` runs once after the last step."""
+
+    def before_step(self, model: nn.Module, step: int) -> None:
+        pass
+
+    def extra_loss(self, model: nn.Module, batch: tuple, pred) -> torch.Tensor | None:
+        return None
+
+    def constrained_step(self, loss: torch.Tensor) -> bool:
+        return False
+
+    def before_backward(self, loss: torch.Tensor) -> None:
+        pass
+
+    def after_backward(self, model: nn.Module) -> None:
+        pass
+
+    def after_step(self, model: nn.Module, step: int, loss: torch.Tensor) -> bool:
+        return False
+
+    def end(self, model: nn.Module) -> None:
+        pass
+
+
+def run_steps(model: nn.Module, batches: Callable[[int], tuple], objective: Callable, optimizers: list,
+              schedulers: list, hooks: Hooks, total: int, start: int = 0) -> int:
+    """The one training loop: steps `start`..`total` − 1 of `model` on `batches(step)` (a tuple, passed
+    whole to `objective(model, batch) -> (loss, prediction)`), with `hooks` (see `Hooks`). Returns the
+    number of steps done (fewer than `total` when `after_step` stopped the run)."""
+    step = start
+    while step < total:
+        model.train()
+        batch = batches(step)
+        hooks.before_step(model, step)
+        loss, pred = objective(model, batch)
+        extra = hooks.extra_loss(model, batch, pred)
+        if extra is not None:
+            loss = loss + extra
+        if not hooks.constrained_step(loss):
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            hooks.before_backward(loss)
+            loss.backward()
+            hooks.after_backward(model)
+            for optimizer in optimizers:
+                optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()
+        step += 1
+        if hooks.after_step(model, step, loss):
+            break
+    hooks.end(model)
+    return step
+
+
 def run_identity(cfg: TrainConfig, seed: int, job: dict | None = None) -> dict:
     """What a resume file must have been written by to be resumed: config, seed, job, code version."""
     return {"train": asdict(cfg), "seed": seed, "job": job or {}, "code": code_version()}
@@ -111,6 +177,48 @@ def _load_resume(resume_file: Path, identity: dict):
     return None
 
 
+class ValidationHooks(Hooks):
+    """`train`'s hooks: gradient clipping, periodic validation keeping the best weights, early stopping and
+    the resume file (`snapshot()` is what it saves)."""
+
+    def __init__(self, cfg: TrainConfig, task: Task, val_data, device, state: dict, scheduler, bar,
+                 resume_file: Path | None, snapshot: Callable[[], dict]):
+        self.cfg, self.task, self.val_data, self.device, self.state = cfg, task, val_data, device, state
+        self.scheduler, self.bar, self.resume_file, self.snapshot = scheduler, bar, resume_file, snapshot
+        self.stopped_early = False
+
+    def after_backward(self, model: nn.Module) -> None:
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+
+    def after_step(self, model: nn.Module, step: int, loss: torch.Tensor) -> bool:
+        cfg, state = self.cfg, self.state
+        state["step"] = step
+        self.bar.update(1)
+        if not (step % cfg.eval_every == 0 or step == cfg.steps):
+            return False
+        model.eval()
+        val = evaluate(model, self.task, self.val_data, cfg.eval_batch_size, self.device)
+        record = {"step": step, "train_loss": loss.item(), "val_loss": val["loss"],
+                  "val_accuracy": val["accuracy"], "lr": self.scheduler.get_last_lr()[0]}
+        state["history"].append(record)
+        self.bar.set_postfix(train=f"{record['train_loss']:.3f}", val=f"{val['loss']:.3f}")
+        log.info("step %(step)d train_loss %(train_loss).4f val_loss %(val_loss).4f val_acc %(val_accuracy).4f", record)
+        if val["loss"] < state["best_val"]:
+            state.update(best_val=val["loss"], best_step=step, bad_evals=0,
+                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_evals"] += 1
+        if cfg.patience is not None and state["bad_evals"] >= cfg.patience:
+            self.stopped_early = True
+            log.info("early stop at step %d (best step %d)", step, state["best_step"])
+            return True
+        if self.resume_file:
+            with atomic_path(self.resume_file) as tmp:
+                torch.save(self.snapshot(), tmp)
+        return False
+
+
 def train(model: nn.Module, task: Task, cfg: TrainConfig, seed: int, workdir: str | Path | None = None,
           device: torch.device | None = None, progress: bool = True, job: dict | None = None) -> TrainResult:
     """Train `model` in place on `task`; returns the best-validation weights and the history.
@@ -137,46 +245,22 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, seed: int, workdir: st
         log.info("resumed from %s at step %d", resume_file, state["step"])
 
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", disable=not progress, mininterval=2.0)
-    stopped_early = False
-    while state["step"] < cfg.steps:
-        model.train()
-        x, y = task.train_batch(state["step"], cfg.batch_size, seed)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device):
-            loss_sum, _, n = task.score(model, x, y)
-            loss = loss_sum / n
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        state["step"] += 1
-        bar.update(1)
+    hooks = ValidationHooks(cfg, task, val_data, device, state, scheduler, bar, resume_file,
+                            lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                                     "state": state, "run": identity})
 
-        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
-            model.eval()
-            val = evaluate(model, task, val_data, cfg.eval_batch_size, device)
-            record = {"step": state["step"], "train_loss": loss.item(), "val_loss": val["loss"],
-                      "val_accuracy": val["accuracy"], "lr": scheduler.get_last_lr()[0]}
-            state["history"].append(record)
-            bar.set_postfix(train=f"{record['train_loss']:.3f}", val=f"{val['loss']:.3f}")
-            log.info("step %(step)d train_loss %(train_loss).4f val_loss %(val_loss).4f val_acc %(val_accuracy).4f", record)
-            if val["loss"] < state["best_val"]:
-                state.update(best_val=val["loss"], best_step=state["step"], bad_evals=0,
-                             best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            else:
-                state["bad_evals"] += 1
-            if cfg.patience is not None and state["bad_evals"] >= cfg.patience:
-                stopped_early = True
-                log.info("early stop at step %d (best step %d)", state["step"], state["best_step"])
-                break
-            if resume_file:
-                with atomic_path(resume_file) as tmp:
-                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(),
-                                "torch_rng": torch.get_rng_state(), "state": state, "run": identity}, tmp)
+    def batch(step: int) -> tuple:
+        x, y = task.train_batch(step, cfg.batch_size, seed)
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def objective(model: nn.Module, batch: tuple):
+        with autocast(device):
+            loss_sum, _, n = task.score(model, *batch)
+            return loss_sum / n, None
+
+    run_steps(model, batch, objective, [optimizer], [scheduler], hooks, cfg.steps, start=state["step"])
     bar.close()
     best = state["best_state"] or {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best)
-    return TrainResult(best, state["history"], state["best_val"], state["best_step"], stopped_early)
+    return TrainResult(best, state["history"], state["best_val"], state["best_step"], hooks.stopped_early)

@@ -187,8 +187,7 @@ def test_experiment_jobs_write_tables(tmp_path):
                            "field": [0, 0, 1.0]},
                   "arch": {"hidden": 8, "layers": 2},
                   "train": {"epochs": 2, "batch_size": 8, "lr": 0.003, "gamma_lr": 0.05}},
-        "ace": {"dual_lr": 0.1, "dual_optimizer": "ascent", "rho": 1.0, "eps": 0.05},
-        "baselines": {"penalty_weight": 1.0, "rpp_weight": 0.01, "relaxed_weight": 0.1},
+        "options": {"ace_equality": {"dual_lr": 0.1}, "ace_resilient": {"dual_lr": 0.1}},
         "experiments": {"accuracy": {"methods": ["strict", "relaxed_conv", "ace_equality"]},
                         "partial_symmetry": {"methods": ["ace_resilient"]}},
     }
@@ -247,11 +246,13 @@ def envelope_report(traj: np.ndarray, windows: int = 8, tol: float = 1e-3) -> tu
 
 
 def gamma_settings(profile: str, task: str = "image") -> dict:
+    from lmcbench.ace.baselines import method
+
     ace = effective_ace(profile)
     train = ace[task]["train"]
+    dual = method("ace_equality", ace.get("options", {}).get("ace_equality")).options   # defaults filled in
     return {"kind": train.get("gamma_optimizer", "curvature"), "gamma_lr": train.get("gamma_lr", train["lr"]),
-            "dual_lr": ace["ace"]["dual_lr"], "dual": ace["ace"].get("dual_optimizer", "ascent"),
-            "aug_lag": ace["ace"].get("aug_lag", 0.0)}
+            "dual_lr": dual.dual_lr, "dual": dual.dual_optimizer, "aug_lag": dual.aug_lag}
 
 
 def toy_trajectory(st: dict, curvature: float, steps: int, noise: float = 0.0) -> np.ndarray:
@@ -287,7 +288,7 @@ def test_plain_gamma_sgd_oscillates_on_convex_toy():
 def _image_gamma_trajectory(st: dict, epochs: int = 6) -> np.ndarray:
     """ace_equality γ trajectory [steps, layers] of a tiny real steerable CNN on rotated mnist5k digits."""
     pytest.importorskip("escnn")
-    from lmcbench.ace.baselines import fit
+    from lmcbench.ace.baselines import method
     from lmcbench.ace.jobs import ImageTask
     from lmcbench.ace.models import SteerableCNN
 
@@ -298,8 +299,8 @@ def _image_gamma_trajectory(st: dict, epochs: int = 6) -> np.ndarray:
     model = SteerableCNN("C", 4, (2, 4), 3, mixed=True)
     train = {"epochs": epochs, "batch_size": 32, "lr": 0.01, "gamma_lr": st["gamma_lr"],
              "gamma_optimizer": st["kind"], "eval_every": epochs}
-    res = fit(model, task, "ace_equality", train, {"dual_lr": st["dual_lr"], "dual_optimizer": st["dual"],
-                                                   "aug_lag": st["aug_lag"]}, {}, seed=0, log_every=1)
+    trainer = method("ace_equality", {"dual_lr": st["dual_lr"], "dual_optimizer": st["dual"], "aug_lag": st["aug_lag"]})
+    res = trainer.fit(model, task, train, seed=0, log_every=1)
     import pandas as pd
 
     return pd.DataFrame(res.trajectory).pivot(index="step", columns="layer", values="gamma").to_numpy()
@@ -328,7 +329,7 @@ def _tiny_cnn(seed: int = 0):
 
 
 def test_reported_model_has_batchnorm_statistics_of_branch_off():
-    from lmcbench.ace.baselines import HEADLINE_EVAL, evals_of, evaluation_form
+    from lmcbench.ace.baselines import evaluation_form, method
 
     model = _tiny_cnn(3)
     x = torch.randn(96, 1, 29, 29)
@@ -340,7 +341,8 @@ def test_reported_model_has_batchnorm_statistics_of_branch_off():
         model.eval()
         model(x)                                      # pre-BN activations of f_θ,0 (eval mode: same convs)
     trained = [m.running_mean.clone() for m in norms]
-    assert evals_of(model, "ace_equality")[-1] == HEADLINE_EVAL["ace_equality"] == "eq"
+    ace = method("ace_equality")
+    assert ace.evals(model)[-1] == ace.headline_eval == "eq"
     with evaluation_form(model, "mixed", (x,)):       # a non-headline form restores the buffers
         pass
     assert all(torch.equal(m.running_mean, t) for m, t in zip(norms, trained))

@@ -1,4 +1,5 @@
-"""Training methods on the same backbones, and the one training loop `fit` that runs all of them.
+"""ACE training methods and baselines: registered methods of track "ace" (lmcbench.methods), each a set of
+hooks on the one training loop `lmcbench.training.run_steps` with a typed options class holding its defaults.
 
   strict            equivariant backbone only (no branch)                              [official code "vanilla"]
   unconstrained     mixed model, γ trained freely, no constraint (evaluated mixed)      [official code]
@@ -11,9 +12,13 @@
                     regulariser and near-zero branch initialisation are not implemented, hence the name.
   ace_equality / ace_resilient / ace_eps   primal–dual (lmcbench.ace.constrained)
 
+A method class says which backbone it trains (`model`: strict, mixed or relaxed), on which tasks, which form
+it reports (`headline_eval`: "eq" = f_{θ,0}, branch dropped; "mixed" = f_{θ,γ}) and whether γ is learned; its
+options come from the config key `ace.options.<name>` (defaults: the options class). A method of your own:
+subclass `AceMethod` and register it (README "Add a method"; workflow/plugins/ace_warmup_penalty.py).
+
 θ: torch.optim.Adam with cosine decay to 0 over the run (`train.lr_decay`, so a fixed budget ends at a plateau);
 γ: `constrained.gamma_optimizer` (default "curvature": step tied to the curvature in γ, cannot oscillate).
-`HEADLINE_EVAL` names the model each method reports: "eq" = f_{θ,0} (branch dropped), "mixed" = f_{θ,γ}.
 Evaluating f_{θ,0} of a model trained with its branch first recomputes the BatchNorm statistics with the
 branch off (`evaluation_form`).
 """
@@ -21,20 +26,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
-from lmcbench.ace.constrained import VARIANTS, ace_defects, ace_optimizer, gamma_optimizer
+from lmcbench import methods
+from lmcbench.ace.constrained import ace_defects, ace_optimizer, gamma_optimizer
 from lmcbench.ace.layers import branch, gamma_parameters, gammas, mixed_layers, recompute_batchnorm, rpp_penalty
+from lmcbench.training import Hooks, run_steps
 
-METHODS = ("strict", "unconstrained", "penalty", "rpp", "relaxed_conv", "triangle_schedule", *VARIANTS)
-HEADLINE_EVAL = {"strict": "eq", "unconstrained": "mixed", "penalty": "mixed", "rpp": "mixed",
-                 "relaxed_conv": "mixed", "triangle_schedule": "eq", "ace_equality": "eq", "ace_resilient": "mixed",
-                 "ace_eps": "mixed"}
-
-
+TRACK = "ace"
 CURVE_BN_EXAMPLES = 512   # training examples that recompute BN statistics for a validation-curve point
 
 
@@ -68,89 +72,296 @@ def evaluation_form(model, ev: str, train_inputs: tuple, restore: bool = True):
                 model.load_state_dict(saved, strict=False)
 
 
-def fit(model, task, method: str, train: dict, ace: dict, baselines: dict, seed: int,
-        log_every: int = 5) -> FitResult:
-    """Train `model` on `task` with `method`; returns γ/λ trajectories and validation curves of the
-    headline form."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
-    gen = torch.Generator().manual_seed(seed)
-    gam = gamma_parameters(model)
-    gam_ids = {id(p) for p in gam}
-    theta = [p for p in model.parameters() if id(p) not in gam_ids]
-    steps_per_epoch = math.ceil(task.n_train / train["batch_size"])
-    total = train["epochs"] * steps_per_epoch
-    optimizers, curvature = [torch.optim.Adam(theta, lr=train["lr"])], None
-    learn_gamma = bool(gam) and method != "triangle_schedule"
-    if learn_gamma:
-        gopt, curvature = gamma_optimizer(train.get("gamma_optimizer", "curvature"), gam,
-                                          train.get("gamma_lr", train["lr"]))
-        optimizers.append(gopt)
-    cosine = train.get("lr_decay", "cosine") == "cosine"   # θ and γ steps decay together: γ's noise too
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
-              for o in optimizers if cosine and not (curvature is not None and o is curvature.optimizer)]
-    for p in gam:
-        p.requires_grad_(learn_gamma)
-    names = [n for n, _ in mixed_layers(model)]
-    problem = None
-    if method in VARIANTS:
-        problem = ace_optimizer(method, optimizers, names, ace["dual_lr"], ace.get("dual_optimizer", "ascent"),
-                                ace.get("rho", 1.0), ace.get("slack_lr"), ace.get("aug_lag", 0.0))
-    headline = HEADLINE_EVAL[method]
-    result, step = FitResult(), 0
-    for epoch in range(train["epochs"]):
-        model.train()
-        for inputs, target in task.batches(train["batch_size"], gen):
-            if method == "triangle_schedule":
-                with torch.no_grad():
-                    for p in gam:
-                        p.fill_(triangle(step / max(1, total - 1)))
-            if curvature is not None and cosine:
-                curvature.scale = 0.5 * (1 + math.cos(math.pi * step / total))
-            pred = model(*inputs)
-            loss = task.loss(pred, target)
-            if problem is not None:
-                problem.step(loss, ace_defects(method, gammas(model), ace.get("eps", 0.0)), curvature)
-            else:
-                if method == "penalty":
-                    loss = loss + baselines["penalty_weight"] * task.equivariance_penalty(model, inputs, pred, gen)
-                elif method == "rpp":
-                    loss = loss + rpp_penalty(model, baselines.get("rpp_eq_weight", 0.0), baselines["rpp_weight"])
-                elif method == "relaxed_conv":
-                    loss = loss + baselines["relaxed_weight"] * model.regulariser()
-                for o in optimizers:
-                    o.zero_grad(set_to_none=True)
-                if curvature is not None:
-                    curvature.update(loss)
-                loss.backward()
-                for o in optimizers:
-                    o.step()
-            for sched in scheds:
-                sched.step()
-            if gam and (step % log_every == 0 or step == total - 1):
-                lam = problem.multipliers if problem is not None else {}
-                slack = (problem.slacks or {}) if problem is not None else {}
-                for name, p in zip(names, gam):
-                    result.trajectory.append({"step": step, "layer": name, "gamma": float(p.detach()), "lambda":
+@dataclass
+class Run:
+    """What one training run's hooks see: the model, task and training settings, the step count, the
+    random generator of batches and sampled group elements, the γ scalars and their optimiser."""
+    model: torch.nn.Module
+    task: object
+    train: dict
+    total: int
+    steps_per_epoch: int
+    gen: torch.Generator
+    log_every: int
+    optimizers: list
+    curvature: object = None      # constrained.CurvatureStep of the γ step, or None
+    cosine: bool = True
+    result: FitResult = field(default_factory=FitResult)
+
+    @property
+    def gammas(self) -> list[torch.nn.Parameter]:
+        return gamma_parameters(self.model)
+
+
+class AceMethod(Hooks):
+    """An ACE training method: hooks on `lmcbench.training.run_steps` (the plain method: task loss, Adam on θ,
+    γ learned when the model has a branch). Subclasses add a loss term (`extra_loss`), a constrained step
+    (`constrained_step`), a γ schedule (`before_step`) or an end-of-training action (`end`), calling super()."""
+
+    model = "mixed"                 # backbone: "strict" (no branch), "mixed" (f_eq + γ·f_neq), "relaxed" (image)
+    tasks = ("image", "nbody")      # tasks it applies to
+    headline_eval = "mixed"         # form of the trained model it reports: "eq" (branch dropped) or "mixed"
+    learns_gamma = True             # whether γ is a trained parameter (False: set by the method)
+
+    def __init__(self, options):
+        self.options = options
+        self.run: Run | None = None
+
+    # ------------------------------------------------------------------ set-up (once per run)
+    def setup(self, run: Run) -> None:
+        """Called once the optimisers exist, before the first step."""
+        self.run = run
+
+    @property
+    def multipliers(self) -> dict[str, float]:
+        return {}
+
+    @property
+    def slacks(self) -> dict[str, float]:
+        return {}
+
+    # ------------------------------------------------------------------ hooks
+    def before_step(self, model, step: int) -> None:
+        run = self.run
+        if run.curvature is not None and run.cosine:   # θ and γ steps decay together: γ's noise too
+            run.curvature.scale = 0.5 * (1 + math.cos(math.pi * step / run.total))
+
+    def before_backward(self, loss) -> None:
+        if self.run.curvature is not None:
+            self.run.curvature.update(loss)
+
+    def after_step(self, model, step: int, loss) -> bool:
+        """γ/λ trajectory every `log_every` steps and at the last; validation curves of the headline form
+        every `eval_every` epochs and at the last."""
+        run, done = self.run, step - 1
+        gam = run.gammas
+        if gam and (done % run.log_every == 0 or done == run.total - 1):
+            lam, slack = self.multipliers, self.slacks
+            for (name, _), p in zip(mixed_layers(model), gam):
+                run.result.trajectory.append({"step": done, "layer": name, "gamma": float(p.detach()), "lambda":
                                               lam.get(name, float("nan")), "u": slack.get(name, float("nan"))})
-            step += 1
-        if (epoch + 1) % train.get("eval_every", 1) == 0 or epoch == train["epochs"] - 1:
-            # validation curves: BN statistics (branch off) from the first CURVE_BN_EXAMPLES training examples
-            with evaluation_form(model, headline, tuple(t[:CURVE_BN_EXAMPLES] for t in task.splits["train"][0])):
-                for metric, value in task.evaluate(model, "val").items():
-                    result.curves.append({"step": step, "epoch": epoch + 1, "eval": headline, "split": "val",
-                                          "metric": metric, "value": value})
-    if method == "triangle_schedule":
+        if step % run.steps_per_epoch == 0:
+            epoch = step // run.steps_per_epoch
+            if epoch % run.train.get("eval_every", 1) == 0 or epoch == run.train["epochs"]:
+                # validation curves: BN statistics (branch off) from the first CURVE_BN_EXAMPLES training examples
+                bn_inputs = tuple(t[:CURVE_BN_EXAMPLES] for t in run.task.splits["train"][0])
+                with evaluation_form(model, self.headline_eval, bn_inputs):
+                    for metric, value in run.task.evaluate(model, "val").items():
+                        run.result.curves.append({"step": step, "epoch": epoch, "eval": self.headline_eval,
+                                                  "split": "val", "metric": metric, "value": value})
+        return False
+
+    # ------------------------------------------------------------------ the run
+    def fit(self, model, task, train: dict, seed: int, log_every: int = 5) -> FitResult:
+        """Train `model` on `task` with this method on `lmcbench.training.run_steps`; returns γ/λ trajectories
+        and validation curves of the headline form."""
+        gen = torch.Generator().manual_seed(seed)
+        gam = gamma_parameters(model)
+        gam_ids = {id(p) for p in gam}
+        theta = [p for p in model.parameters() if id(p) not in gam_ids]
+        steps_per_epoch = math.ceil(task.n_train / train["batch_size"])
+        total = train["epochs"] * steps_per_epoch
+        optimizers, curvature = [torch.optim.Adam(theta, lr=train["lr"])], None
+        learn_gamma = bool(gam) and self.learns_gamma
+        if learn_gamma:
+            gopt, curvature = gamma_optimizer(train.get("gamma_optimizer", "curvature"), gam,
+                                              train.get("gamma_lr", train["lr"]))
+            optimizers.append(gopt)
+        cosine = train.get("lr_decay", "cosine") == "cosine"
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
+                  for o in optimizers if cosine and not (curvature is not None and o is curvature.optimizer)]
+        for p in gam:
+            p.requires_grad_(learn_gamma)
+        run = Run(model, task, train, total, steps_per_epoch, gen, log_every, optimizers, curvature, cosine)
+        self.setup(run)
+        # epochs of shuffled batches, each epoch's order drawn from `gen` when the epoch starts
+        batches = itertools.chain.from_iterable(task.batches(train["batch_size"], gen) for _ in range(train["epochs"]))
+
+        def objective(model, batch):
+            inputs, target = batch
+            pred = model(*inputs)
+            return task.loss(pred, target), pred
+
+        run.result.steps = run_steps(model, lambda step: next(batches), objective, optimizers, scheds, self, total)
+        return run.result
+
+    def evals(self, model) -> list[str]:
+        """Which forms of a trained model to evaluate: both for mixed models, one otherwise; the headline form
+        last, so that the model is left as the reported one."""
+        if not mixed_layers(model):
+            return [self.headline_eval]
+        return sorted(["eq", "mixed"], key=lambda ev: ev == self.headline_eval)
+
+
+def method(name: str, options: dict | None = None, **overrides) -> AceMethod:
+    """A fresh instance of registered ACE method `name` with `options` (the config's `ace.options.<name>`,
+    checked by name and type, defaults filled in) and `overrides` (e.g. an experiment's dual_lr)."""
+    registered = methods.get(TRACK, name)
+    parsed = registered.parse({**(options or {}), **overrides}, f"ace.options.{name}")
+    return registered.obj(parsed)
+
+
+def check_ranges(options, positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = ()) -> None:
+    """Range checks of an options class's values (its `__post_init__`; names it lacks are skipped, so a base
+    class checks its subclasses' options too): a one-line error naming the option."""
+    for name, ok, bound in [(n, lambda v: v > 0, "> 0") for n in positive] + \
+                           [(n, lambda v: v >= 0, ">= 0") for n in nonnegative]:
+        value = getattr(options, name, None)
+        if value is not None and not ok(value):
+            raise ValueError(f"ACE option {name} = {value!r}: must be {bound}")
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+@methods.register(TRACK, "strict")
+class Strict(AceMethod):
+    """Equivariant backbone only, no branch [official code "vanilla"]."""
+    model = "strict"
+    headline_eval = "eq"
+
+
+@methods.register(TRACK, "unconstrained")
+class Unconstrained(AceMethod):
+    """Mixed model, γ trained freely without a constraint; reported mixed [official code]."""
+
+
+@dataclass(frozen=True)
+class PenaltyOptions:
+    weight: float = 1.0    # w of w·relative equivariance error
+
+    def __post_init__(self):
+        check_ranges(self, nonnegative=("weight",))
+
+
+@methods.register(TRACK, "penalty", options=PenaltyOptions)
+class Penalty(AceMethod):
+    """Mixed model + w·relative equivariance error at a sampled group element (REMUL-style fixed weight)."""
+
+    def extra_loss(self, model, batch, pred):
+        return self.options.weight * self.run.task.equivariance_penalty(model, batch[0], pred, self.run.gen)
+
+
+@dataclass(frozen=True)
+class RPPOptions:
+    weight: float = 0.01       # prior weight on the branch taken as γ·f_neq
+    eq_weight: float = 0.0001  # prior weight on the equivariant path
+
+    def __post_init__(self):
+        check_ranges(self, nonnegative=("weight", "eq_weight"))
+
+
+@methods.register(TRACK, "rpp", options=RPPOptions)
+class RPP(AceMethod):
+    """Mixed model + Gaussian priors on both paths, the branch taken as γ·f_neq (Residual Pathway Priors as MAP)."""
+
+    def extra_loss(self, model, batch, pred):
+        return rpp_penalty(model, self.options.eq_weight, self.options.weight)
+
+
+@dataclass(frozen=True)
+class RelaxedOptions:
+    weight: float = 0.1    # α of α·Σ‖w(h) − w(h')‖²
+
+    def __post_init__(self):
+        check_ranges(self, nonnegative=("weight",))
+
+
+@methods.register(TRACK, "relaxed_conv", options=RelaxedOptions)
+class RelaxedConv(AceMethod):
+    """Relaxed C4 group CNN + α·Σ‖w(h) − w(h')‖² (Wang et al. 2022), image task only."""
+    model = "relaxed"
+    tasks = ("image",)
+
+    def extra_loss(self, model, batch, pred):
+        return self.options.weight * model.regulariser()
+
+
+@methods.register(TRACK, "triangle_schedule")
+class TriangleSchedule(AceMethod):
+    """γ set by the triangle schedule 0 → 1 → 0 (Pertigkiozoglou et al. `--cycle`), branch dropped at evaluation."""
+    headline_eval = "eq"
+    learns_gamma = False
+
+    def before_step(self, model, step):
         with torch.no_grad():
-            for p in gam:
+            for p in self.run.gammas:
+                p.fill_(triangle(step / max(1, self.run.total - 1)))
+        super().before_step(model, step)
+
+    def end(self, model):
+        with torch.no_grad():
+            for p in self.run.gammas:
                 p.fill_(0.0)
-    result.steps = step
-    return result
 
 
-def evals_of(model, method: str) -> list[str]:
-    """Which forms of a trained model to evaluate: both for mixed models, one otherwise; the headline form
-    last, so that the model is left as the reported one."""
-    if not mixed_layers(model):
-        return [HEADLINE_EVAL[method]]
-    return sorted(["eq", "mixed"], key=lambda ev: ev == HEADLINE_EVAL[method])
+# ---------------------------------------------------------------------------------------------- ACE
+@dataclass(frozen=True)
+class DualOptions:
+    """The primal–dual step (lmcbench.ace.constrained). aug_lag c = 1 [official code `auglag_const`; the
+    paper's Algorithm 1 has c = 0]: with c = 0 the Lagrangian is bilinear in (γ, λ) wherever the loss is flat
+    in γ and simultaneous GDA does not converge there (measured); c > 0 adds curvature 2c."""
+    dual_lr: float = 0.05
+    dual_optimizer: Literal["ascent", "adam", "sgd"] = "ascent"   # ascent = paper; adam / sgd = official code
+    aug_lag: float = 1.0
+
+    def __post_init__(self):
+        check_ranges(self, positive=("dual_lr", "rho", "slack_lr"), nonnegative=("aug_lag", "eps"))
+
+
+@dataclass(frozen=True)
+class ResilientOptions(DualOptions):
+    rho: float = 1.0                 # slack cost ρ/2·‖u‖²
+    slack_lr: float | None = None    # None: the primal learning rate
+
+
+@dataclass(frozen=True)
+class EpsOptions(DualOptions):
+    eps: float = 0.05                # |γ_i| ≤ ε
+
+
+class ACE(AceMethod):
+    """Primal–dual training of γ under the variant's per-layer constraint (`constrained.ace_defects`)."""
+
+    def setup(self, run):
+        super().setup(run)
+        o = self.options
+        self.problem = ace_optimizer(self.variant, run.optimizers, [n for n, _ in mixed_layers(run.model)],
+                                     o.dual_lr, o.dual_optimizer, getattr(o, "rho", 1.0), getattr(o, "slack_lr", None),
+                                     o.aug_lag)
+
+    variant = "ace_equality"   # constraint form (`constrained.ace_defects`)
+
+    def defects(self, gam: torch.Tensor) -> torch.Tensor:
+        return ace_defects(self.variant, gam)
+
+    def constrained_step(self, loss) -> bool:
+        self.problem.step(loss, self.defects(gammas(self.run.model)), self.run.curvature)
+        return True
+
+    @property
+    def multipliers(self):
+        return self.problem.multipliers
+
+    @property
+    def slacks(self):
+        return self.problem.slacks or {}
+
+
+@methods.register(TRACK, "ace_equality", options=DualOptions)
+class AceEquality(ACE):
+    """ACE Algorithm 1: γ_i = 0 per layer; reports f_{θ,0}."""
+    headline_eval = "eq"
+
+
+@methods.register(TRACK, "ace_resilient", options=ResilientOptions)
+class AceResilient(ACE):
+    """ACE Algorithm 2: |γ_i| ≤ u_i with slack cost ρ/2‖u‖²; reports f_{θ,γ}."""
+    variant = "ace_resilient"
+
+
+@methods.register(TRACK, "ace_eps", options=EpsOptions)
+class AceEps(ACE):
+    """|γ_i| ≤ ε per layer [official code `--epsilon`]; reports f_{θ,γ}."""
+    variant = "ace_eps"
+
+    def defects(self, gam):
+        return ace_defects(self.variant, gam, self.options.eps)

@@ -169,11 +169,12 @@ def val_gain_last_quarter(curves: list[dict], epochs: int, metric: str) -> float
     return max(last) - max(before) if metric == "accuracy" else min(before) - min(last)
 
 
-def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict, ace_over: dict | None = None):
-    """Train one model; return (records, trajectory, curves) as lists of dicts tagged with `keys`.
+def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict, overrides: dict | None = None):
+    """Train one model with registered ACE method `method` (options: `ace.options.<method>`, then
+    `overrides`); return (records, trajectory, curves) as lists of dicts tagged with `keys`.
     Every run takes the optimisation steps of the default training-set size (`n_train`): a smaller training
     set gets proportionally more epochs, so that the sample-efficiency sweep compares trained models."""
-    from lmcbench.ace.baselines import HEADLINE_EVAL, evals_of, evaluation_form, fit
+    from lmcbench.ace.baselines import evaluation_form, method as make_method
     from lmcbench.ace.layers import gamma_parameters
     from lmcbench.ace.models import build_image_model, build_nbody_model
 
@@ -183,29 +184,32 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
     train = {**tcfg["train"], "epochs": math.ceil(tcfg["train"]["epochs"] * factor),
              "eval_every": max(1, round(tcfg["train"].get("eval_every", 1) * factor))}
     seed_everything(seed)
-    model = build_image_model(tcfg, method) if task_name == "image" else build_nbody_model(tcfg, method)
-    ace = {**cfg["ace"], **(ace_over or {})}
+    trainer = make_method(method, cfg.get("options", {}).get(method), **(overrides or {}))
+    build = build_image_model if task_name == "image" else build_nbody_model
+    model = build(tcfg, trainer.model)
     t0 = time.time()
-    result = fit(model, task, method, train, ace, cfg["baselines"], seed, cfg.get("log_every", 5))
+    result = trainer.fit(model, task, train, seed, cfg.get("log_every", 5))
     seconds = time.time() - t0
-    keys = {**keys, "method": method, "seed": seed, "n_train": task.n_train}
+    keys = {**keys, "method": method, "seed": seed, "n_train": task.n_train,
+            "dual_lr": getattr(trainer.options, "dual_lr", float("nan"))}   # empty for a method without a dual step
+    headline = trainer.headline_eval
     records = []
-    for ev in evals_of(model, method):   # headline form last and kept: the model is left as reported
-        with evaluation_form(model, ev, task.splits["train"][0], restore=ev != HEADLINE_EVAL[method]):
-            base = {**keys, "eval": ev, "headline": ev == HEADLINE_EVAL[method]}
+    for ev in trainer.evals(model):   # headline form last and kept: the model is left as reported
+        with evaluation_form(model, ev, task.splits["train"][0], restore=ev != headline):
+            base = {**keys, "eval": ev, "headline": ev == headline}
             for split in ("val", "test"):
                 for metric, value in task.evaluate(model, split).items():
                     records.append({**base, "split": split, "metric": metric, "layer": "", "value": value})
             for layer, value in task.equivariance(model).items():
                 records.append({**base, "split": "test", "metric": "equiv_err", "layer": layer, "value": value})
-    diag = {**keys, "eval": HEADLINE_EVAL[method], "headline": True, "layer": ""}
+    diag = {**keys, "eval": headline, "headline": True, "layer": ""}
     gam = gamma_parameters(model)
     if gam:   # final max |γ| (the constraint check of ace_equality)
         records.append({**diag, "split": "train", "metric": "max_abs_gamma",
                         "value": max(abs(float(g.detach())) for g in gam)})
     records.append({**diag, "split": "val", "metric": "val_gain_last_quarter",
                     "value": val_gain_last_quarter(result.curves, train["epochs"], TASK_METRIC[task_name])})
-    records.append({**keys, "eval": HEADLINE_EVAL[method], "headline": True, "split": "train",
+    records.append({**keys, "eval": headline, "headline": True, "split": "train",
                     "metric": "train_seconds", "layer": "", "value": seconds})
     log.info("%s %s seed %d (%s): %s in %.1fs", task_name, method, seed, keys.get("regime"),
              {r["metric"]: round(r["value"], 4) for r in records if r["split"] == "test" and r["headline"]
@@ -238,14 +242,17 @@ def experiment_runs(experiment: str, task_name: str, cfg: dict, nbody_files: dic
         runs = [(symmetric, n_default, s, m, None) for s in ecfg["levels"][task_name] for m in ecfg["methods"]]
     elif experiment == "dual_lr":
         runs = [(symmetric, n_default, 0.0, ecfg.get("method", "ace_equality"), lr) for lr in ecfg["values"]]
-    runs = [r for r in runs if not (task_name == "nbody" and r[3] == "relaxed_conv")]   # image-only baseline
+    from lmcbench.ace.baselines import TRACK
+    from lmcbench.methods import get
+
+    runs = [r for r in runs if task_name in get(TRACK, r[3]).obj.tasks]   # e.g. relaxed_conv: image only
     records, trajs, curves = [], [], []
     for regime, n_train, noise, method, dual_lr in runs:
         key = (regime, n_train, noise)
         if key not in tasks:
             tasks[key] = _make_task(task_name, cfg, regime, n_train, noise, nbody_files or {})
         keys = {"experiment": experiment, "task": task_name, "regime": regime, "perturbation": noise,
-                "dual_lr": dual_lr if dual_lr is not None else cfg["ace"]["dual_lr"], "run_id": rid}
+                "dual_lr": dual_lr, "run_id": rid}   # dual_lr: run_one fills in the method's effective one
         for seed in seeds:
             r, t, c = run_one(task_name, tasks[key], cfg, method, seed, keys,
                               {"dual_lr": dual_lr} if dual_lr is not None else None)

@@ -175,14 +175,18 @@ class EGNN(nn.Module):
         return (x, outs) if return_layers else x
 
 
-def build_image_model(cfg: dict, method: str, num_classes: int = 10) -> nn.Module:
+def build_image_model(cfg: dict, kind: str, num_classes: int = 10) -> nn.Module:
+    """The image backbone of `kind` (a method's `model`): "strict", "mixed" or "relaxed"."""
     arch = cfg["arch"]
-    if method == "relaxed_conv":
+    if kind == "relaxed":
         return RelaxedGroupCNN(tuple(arch["channels"]), arch["kernel_size"], arch.get("n_bases", 2), num_classes)
     return SteerableCNN(arch.get("group", "C"), arch["N"], tuple(arch["channels"]), arch["kernel_size"],
-                        mixed=(method != "strict"), num_classes=num_classes)
+                        mixed=(kind == "mixed"), num_classes=num_classes)
 
 
-def build_nbody_model(cfg: dict, method: str) -> nn.Module:
+def build_nbody_model(cfg: dict, kind: str) -> nn.Module:
+    """The N-body backbone of `kind` (a method's `model`): "strict" or "mixed"."""
+    if kind not in ("strict", "mixed"):
+        raise ValueError(f"no {kind!r} N-body backbone (the method's `model`); N-body has strict and mixed")
     arch = cfg["arch"]
-    return EGNN(arch["hidden"], arch["layers"], mixed=(method != "strict"))
+    return EGNN(arch["hidden"], arch["layers"], mixed=(kind == "mixed"))
