@@ -2,8 +2,9 @@
 
 `check_config` is what the Snakefile runs at parse time (so `snakemake -n` fails too) and what the
 CLI runs on a profile. It checks, in order: the schema (one line: the key path and the problem, not
-the whole schema), the matchers the config names and every option it passes to them (by name and
-type, against the options class each matcher registered, plugins loaded first), and the cross-key
+the whole schema), the methods of every track the config names and every option it passes to them
+(by name and type, against the options class each method registered, plugins loaded first; where
+each track keeps them: `lmcbench.methods.TRACKS`), and the cross-key
 rules the schema cannot express (enough seeds for the experiments that need ≥ 3 models, non-empty
 task lists, dataset roots that exist).
 """
@@ -77,34 +78,58 @@ def load_profile(profile: str | Path) -> dict:
     return config
 
 
-# ----------------------------------------------------------------------------------------- matchers
-def check_matchers(config: dict) -> None:
-    """Every GLMC method names a registered matcher and every option block reaching a matcher passes
-    its options class (plugins loaded first)."""
-    from lmcbench.matchers import MATCHERS, OPTIONS, parse_options
-    from lmcbench.matchers.universe import MultiModelOptions
-    from lmcbench.methods import load_methods
+# ----------------------------------------------------------------------------------------- methods
+def config_values(config: dict, key: str, where: tuple = ()) -> list[tuple[str, object]]:
+    """(dotted path, value) of every value at `key` (dotted; `*` = every key of a mapping); absent keys
+    give nothing."""
+    if not key:
+        return [(key_path(where), config)]
+    head, _, rest = key.partition(".")
+    if not isinstance(config, dict):
+        return []
+    keys = list(config) if head == "*" else [head] if head in config else []
+    return [found for k in keys for found in config_values(config[k], rest, (*where, k))]
 
-    load_methods(config.get("plugins", []), tracks=["glmc", "glmc_multi"])
-    unknown = [m for m in config.get("glmc", {}).get("methods", []) if m not in MATCHERS]
-    if unknown:
-        raise ConfigError(f"config error at glmc.methods: {unknown} name no registered matcher; registered: "
-                          f"{', '.join(MATCHERS)} (a plugin of your own goes under `plugins:`)")
-    glmc = config.get("glmc", {})
-    blocks = [("glmc.matchers", glmc.get("matchers") or {}),
-              ("glmc.width_hetero.matchers", (glmc.get("width_hetero") or {}).get("matchers") or {})]
-    blocks += [(f"models.{m}.matchers", cfg.get("matchers") or {}) for m, cfg in config.get("models", {}).items()]
-    checks = [(OPTIONS[name] if name in MATCHERS else None, options, f"{where}.{name}") for where, block in blocks
-              for name, options in block.items()]
-    checks.append((MultiModelOptions, (glmc.get("multi_model") or {}).get("matcher"), "glmc.multi_model.matcher"))
-    for options_class, given, where in checks:
-        if options_class is None:
-            raise ConfigError(f"config error at {where}: no matcher is registered as {where.rsplit('.', 1)[1]!r}; "
-                              f"registered: {', '.join(sorted(MATCHERS))}")
-        try:
-            parse_options(options_class, given, where)
-        except ValueError as error:  # parse_options names the key
-            raise ConfigError(f"config error at {error}") from None
+
+def _parse(method, given, where: str) -> None:
+    try:
+        method.parse(given, where)
+    except ValueError as error:  # parse_options names the key and lists the valid options
+        raise ConfigError(f"config error at {error}") from None
+
+
+def check_methods(config: dict) -> None:
+    """For every track of `lmcbench.methods.TRACKS` the config uses: every method list names registered
+    methods and every options block reaching a method passes its options class (plugins loaded first).
+    Where a track's methods and options live in the config is `TRACKS[track]`, so this check covers
+    tracks and keys added there without a change here."""
+    from lmcbench import methods
+
+    for track, spec in methods.TRACKS.items():
+        lists = [found for key in spec.methods for found in config_values(config, key)]
+        blocks = [found for key in spec.options for found in config_values(config, key)]
+        shared = [found for key in spec.shared for found in config_values(config, key)]
+        if not (lists or blocks or shared):
+            continue   # a track the config does not use: its modules are not even imported
+        methods.load_methods(config.get("plugins") or [], tracks=[track])
+        registered = methods.REGISTRY[track]
+        valid = f"registered {track} methods: {', '.join(registered)} (a method of your own: a plugin under " \
+                f"`plugins:`, README 'Add a method')"
+        for where, listed in lists:
+            unknown = [name for name in listed or [] if name not in registered]
+            if unknown:
+                raise ConfigError(f"config error at {where}: {', '.join(map(str, unknown))} "
+                                  f"{'is' if len(unknown) == 1 else 'are'} not registered; {valid}")
+        for where, block in blocks:
+            if not isinstance(block, dict):
+                raise ConfigError(f"config error at {where}: expected a mapping of method names to their options")
+            for name, given in block.items():
+                if name not in registered:
+                    raise ConfigError(f"config error at {where}.{name}: no method is registered as {name!r}; {valid}")
+                _parse(registered[name], given, f"{where}.{name}")
+        for where, given in shared:
+            for name in dict.fromkeys(n for _, listed in lists for n in listed or []):
+                _parse(registered[name], given, where)
 
 
 # ----------------------------------------------------------------------------------------- cross-key
@@ -155,11 +180,11 @@ def check_cross_keys(config: dict) -> None:
 
 
 def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
-    """Everything checkable before the first job: schema, matchers and their options, cross-key rules."""
+    """Everything checkable before the first job: schema, methods and their options, cross-key rules."""
     validate_schema(config, schema_path)
     for name, model in config["models"].items():
         if model["dataset"] not in config["datasets"]:
             raise ConfigError(f"config error at models.{name}.dataset: {model['dataset']!r} is not a key of "
                               f"`datasets` (known: {sorted(config['datasets'])})")
-    check_matchers(config)
+    check_methods(config)
     check_cross_keys(config)

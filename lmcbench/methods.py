@@ -6,7 +6,7 @@ place they live. Options a config, a CLI `--opt key=value` or a caller gives are
 by name and type (`parse_options`) before any job starts, so a misspelt or mistyped option is an
 error that lists the valid ones instead of a silent default.
 
-Tracks (what a registered object is, per track):
+Tracks (what a registered object is, per track; `TRACKS` says where a config names them):
   glmc        pairwise matcher `(model_a, model_b, MatchContext) -> Alignment`     (lmcbench.matchers)
   glmc_multi  multi-model alignment of N models to a common universe               (lmcbench.matchers.universe)
   moe_order   MoE Step-1 expert order, followed by Step 2 in every layer           (lmcbench.moe.matching)
@@ -32,15 +32,39 @@ from typing import Callable, Iterable
 
 import yaml
 
+@dataclass(frozen=True)
+class Track:
+    """A track of the registry and where a config names its methods and their options.
+
+    Config keys are dotted paths; `*` stands for every key of a mapping (e.g. every model). `methods`
+    keys hold lists of method names; `options` keys hold `{method name: options}` blocks; `shared`
+    keys hold one options block given to every method the track's lists name. `lmcbench.config`
+    checks all of them against the registry before any job, so a track that adds a config key adds
+    it here and nowhere else."""
+    summary: str
+    builtin: str                      # module whose import registers the built-in methods
+    methods: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
+
+
+# Convention for options: a track's options live beside its method list, at `<list's parent>.options.<name>`
+# (moe.options.<name>, moe.full_model.options.<name>, ace.options.<name>); GLMC keeps its older names
+# (glmc.matchers.<name>, models.<m>.matchers.<name>, glmc.width_hetero.matchers.<name>, and one block for all
+# multi-model methods, glmc.multi_model.matcher).
 TRACKS = {
-    "glmc": "GLMC pairwise matchers (config glmc.methods; options glmc.matchers.<name>)",
-    "glmc_multi": "GLMC multi-model alignment (config glmc.multi_model.methods; options glmc.multi_model.matcher)",
-    "moe_order": "MoE-LMC expert-order methods, Step 2 after each (config moe.methods)",
-    "moe_full": "MoE-LMC full-model alignment (config moe.full_model.methods)",
-    "ace": "ACE training methods and baselines (config ace.methods; options ace.options.<name>)",
+    "glmc": Track("GLMC pairwise and width-heterogeneous matchers", "lmcbench.matchers",
+                  methods=("glmc.methods", "glmc.width_hetero.methods"),
+                  options=("glmc.matchers", "glmc.width_hetero.matchers", "models.*.matchers")),
+    "glmc_multi": Track("GLMC multi-model alignment to a common universe", "lmcbench.matchers.universe",
+                        methods=("glmc.multi_model.methods",), shared=("glmc.multi_model.matcher",)),
+    "moe_order": Track("MoE-LMC Step-1 expert-order methods, Step 2 after each", "lmcbench.moe.matching",
+                       methods=("moe.methods",), options=("moe.options",)),
+    "moe_full": Track("MoE-LMC full-model alignment (backbone and MoE layers)", "lmcbench.moe.full_model",
+                      methods=("moe.full_model.methods",), options=("moe.full_model.options",)),
+    "ace": Track("ACE training methods and baselines", "lmcbench.ace.baselines",
+                 methods=("ace.experiments.*.methods",), options=("ace.options",)),
 }
-BUILTIN = {"glmc": "lmcbench.matchers", "glmc_multi": "lmcbench.matchers.universe",
-           "moe_order": "lmcbench.moe.matching", "moe_full": "lmcbench.moe.full_model", "ace": "lmcbench.ace.baselines"}
 ENTRY_POINT_GROUP = "lmcbench.methods"
 
 
@@ -136,7 +160,7 @@ def load_methods(plugins: Iterable[str] = (), tracks: Iterable[str] | None = Non
     `lmcbench.methods`), then `plugins`; each imported once, so every job and the check before the run
     see the same methods. (Per track because the ACE methods import escnn, which a GLMC job does not need.)"""
     for track in tracks if tracks is not None else TRACKS:
-        load_plugin(BUILTIN[track])
+        load_plugin(TRACKS[track].builtin)
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         key = f"entry point {entry_point.name}"
         if key not in LOADED:
@@ -208,7 +232,10 @@ def parse_options(options_class: type, given: dict | None, where: str):
     for name, value in given.items():
         if not _conforms(value, hints[name]):
             raise ValueError(f"{where}.{name} = {value!r}: expected {type_name(hints[name])}")
-    return options_class(**{name: _coerce(value, hints[name]) for name, value in given.items()})
+    try:  # an options class may check values further in __post_init__ (a range, a registered name)
+        return options_class(**{name: _coerce(value, hints[name]) for name, value in given.items()})
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def cli_options(pairs: Iterable[str] | None) -> dict:

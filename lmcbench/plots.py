@@ -83,24 +83,27 @@ def simplex_heatmap(surface: pd.DataFrame, path: str | Path, profile: str = "", 
 
 # --------------------------------------------------------------------------------------------- MoE-LMC
 def moe_curves(curves: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test",
-               metric: str = "loss") -> None:
-    """Loss along λ per method (naive vs matched), one panel per gating variant, one row per model."""
+               metric: str = "loss"):
+    """Loss along λ per method (every method in the table), one panel per gating variant, one row per model."""
     part = curves[(curves["split"] == split) & (curves["metric"] == metric)]
     part = part.assign(panel=part["model"] + " · " + part["gating"])
     grid = sns.relplot(data=part, x="lambda", y="value", hue="method", col="panel", col_wrap=3, kind="line",
                        marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
     grid.set_axis_labels("λ (1 = model A, 0 = aligned model B)", f"{split} {metric}")
     _save(grid, path, f"MoE-LMC: {split} {metric} along the linear path ({profile} profile)")
+    return grid
 
 
-def moe_ratio_heatmap(barriers: pd.DataFrame, path: str | Path, profile: str = "", method: str = "expert_wm",
-                      split: str = "test", metric: str = "loss") -> None:
-    """Heat map of the barrier ratio to naive (placement × experts), one panel per (model, gating)."""
-    part = barriers[(barriers["method"] == method) & (barriers["split"] == split) & (barriers["metric"] == metric)]
+def moe_ratio_heatmap(barriers: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test",
+                      metric: str = "loss"):
+    """Heat map of the barrier ratio to naive (placement × experts), one panel per (model, gating), one row
+    per method other than naive (every method in the table, in its order)."""
+    part = barriers[(barriers["method"] != "naive") & (barriers["split"] == split) & (barriers["metric"] == metric)]
     if part.empty:
-        _empty(path, f"no {method} rows")
-        return
-    mean = part.groupby(["model", "gating", "placement", "n_experts"], as_index=False)["ratio_to_naive"].mean()
+        _empty(path, "no aligned rows")
+        return None
+    mean = part.groupby(["method", "model", "gating", "placement", "n_experts"], as_index=False,
+                        sort=False)["ratio_to_naive"].mean()
     mean["panel"] = mean["model"] + " · " + mean["gating"]
 
     def draw(data, **kw):
@@ -108,12 +111,13 @@ def moe_ratio_heatmap(barriers: pd.DataFrame, path: str | Path, profile: str = "
         sns.heatmap(table, annot=True, fmt=".2f", cmap="viridis_r", vmin=0, vmax=max(1.0, mean["ratio_to_naive"].max()),
                     cbar=False, ax=matplotlib.pyplot.gca())
 
-    grid = sns.FacetGrid(mean, col="panel", col_wrap=3, height=2.6, aspect=1.1)
+    grid = sns.FacetGrid(mean, row="method", col="panel", height=2.6, aspect=1.1)
     grid.map_dataframe(draw)
-    _save(grid, path, f"MoE-LMC: {split} {metric} barrier, {method} / naive ({profile} profile)")
+    _save(grid, path, f"MoE-LMC: {split} {metric} barrier, method / naive ({profile} profile)")
+    return grid
 
 
-def moe_rank_hist(ranks: pd.DataFrame, path: str | Path, profile: str = "") -> None:
+def moe_rank_hist(ranks: pd.DataFrame, path: str | Path, profile: str = ""):
     """Histogram of the rank of each method's expert order among all n! orders."""
     if ranks.empty:
         _empty(path, "no configuration small enough to rank all expert orders")
@@ -121,3 +125,4 @@ def moe_rank_hist(ranks: pd.DataFrame, path: str | Path, profile: str = "") -> N
     grid = sns.displot(data=ranks, x="rank", hue="method", col="n_orders", multiple="dodge", discrete=True,
                        shrink=0.8, height=2.8, aspect=1.3, facet_kws={"sharex": False, "sharey": False})
     _save(grid, path, f"MoE-LMC: rank of the chosen expert order among all orders ({profile} profile)")
+    return grid

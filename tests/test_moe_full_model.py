@@ -9,7 +9,8 @@ import torch
 
 from conftest import data_cfg, fresh_model, gpt2_cfg, vit_cfg
 from lmcbench.models.moe import insert_moe
-from lmcbench.moe.full_model import FULL_METHODS, align_full, moe_backbone_spec
+from lmcbench.methods import names
+from lmcbench.moe.full_model import align_full, moe_backbone_spec
 from lmcbench.symmetry import apply, sample_element
 
 
@@ -46,7 +47,7 @@ def test_full_alignment_recovers_a_permuted_copy(datasets):
 
     moved = apply(spec, state, sample_element(spec, torch.Generator().manual_seed(2), classes=("perm",)))
     moved = S.permute_experts(moved, "blocks.0.mlp", torch.tensor([2, 0, 1]))
-    aligned = align_full(spec, state, moved, "full_expert_wm", rounds=2)
+    aligned = align_full(spec, state, moved, "full_expert_wm", {"rounds": 2})
     for k in state:
         torch.testing.assert_close(aligned[k], state[k], rtol=0, atol=1e-6)
 
@@ -64,6 +65,7 @@ def test_full_model_job(tmp_path, datasets):
     table = moe_full_model_job(tmp_path / "out", ckpts, moe_cfg,
                                {"steps": 4, "batch_size": 16, "lr": 0.01, "eval_every": 2, "eval_examples": 32},
                                data_cfg("vit"), {"points": 3, "splits": ["test"], "max_examples": 32, "batch_size": 64},
-                               labels={"experiment": "full_model", "model": "vit"}, rounds=1)
-    assert set(table["method"]) == set(FULL_METHODS) and len(table) == 4 * 2
+                               names("moe_full"), labels={"experiment": "full_model", "model": "vit"},
+                               options={m: {"rounds": 1} for m in ("full_gate_wm", "full_expert_wm")})
+    assert set(table["method"]) == set(names("moe_full")) and len(table) == 4 * 2
     assert pd.read_csv(tmp_path / "out" / "curve.csv")["lambda"].nunique() == 3

@@ -89,5 +89,5 @@ def vanilla(model_a: nn.Module, model_b: nn.Module, context: MatchContext) -> Al
     return Alignment(model_a, model_a.state_dict(), model_b.state_dict())
 
 
-# matchers register themselves on import; the order here is the order of `lmcbench matchers`
+# matchers register themselves on import; the order here is the order of `lmcbench methods`
 from lmcbench.matchers import activation, learned, weight_matching  # noqa: E402,F401

@@ -5,6 +5,8 @@
     mean of the aligned models' attention circuits (the gauge-free form the simplex interpolates), repeat.
 (b) Learned refinement [secondary]: one latent set per model (model 0 is the gauge), trained on the
     task loss of Σ λ_i π_i(θ_i) with λ ~ Dirichlet(α·1).
+The methods (vanilla, glmc_weight_matching = (a), learned_full = (a) + (b)) are track "glmc_multi" of
+`lmcbench.methods`; all take `MultiModelOptions` (config glmc.multi_model.matcher).
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lmcbench import methods
 from lmcbench.canonical import circuit_form, circuit_state_dict
-from lmcbench.matchers import Alignment, MatchContext, parse_options
+from lmcbench.matchers import Alignment, MatchContext
 from lmcbench.matchers.learned import LearningOptions, dirichlet, learn_alignment
 from lmcbench.matchers.weight_matching import (
     active_tokens,
@@ -28,8 +31,6 @@ from lmcbench.matchers.weight_matching import (
 from lmcbench.symmetry import layout_for
 
 log = logging.getLogger(__name__)
-
-MULTI_MODEL_METHODS = ("vanilla", "glmc_weight_matching", "learned_full")
 
 
 @dataclass(frozen=True)
@@ -65,23 +66,44 @@ def universe_matching(models: list[nn.Module], rounds: int = 3, iterations: int 
     return template, aligned, universe
 
 
-def align_many(models: list[nn.Module], method: str, context: MatchContext) -> tuple[nn.Module, list[dict], dict]:
-    """Template and per-model states in the space the simplex is evaluated in, for `method`."""
-    if method not in MULTI_MODEL_METHODS:
-        raise ValueError(f"multi-model method {method!r} is not one of {MULTI_MODEL_METHODS}")
-    cfg = parse_options(MultiModelOptions, context.config, "glmc.multi_model.matcher")
-    if method == "vanilla":
-        return models[0], [detached_state(m) for m in models], {}
-    template, aligned, _ = universe_matching(models, cfg.rounds, cfg.iterations, active_tokens(context.task))
-    info = {"rounds": cfg.rounds}
-    if method == "learned_full":
-        anchor = as_model(template, aligned[0])
-        refined, history = learn_alignment(anchor, aligned[1:], context.task, cfg, context.seed,
-                                           sampler=dirichlet(cfg.alpha, len(models)))
-        aligned = [aligned[0], *refined]
-        template = anchor
-        info["final_train_loss"] = history[-1]["loss"] if history else None
-    circuits = cfg.circuits
-    pairs = [finish(as_model(template, aligned[0]), sd, circuits, info) for sd in aligned[1:]]
+def multi_model_method(name: str):
+    """Register `fn(models, options, context) -> (template, states, info)` in track "glmc_multi"."""
+    return methods.register("glmc_multi", name, MultiModelOptions)
+
+
+@multi_model_method("vanilla")
+def vanilla(models: list[nn.Module], options: MultiModelOptions, context: MatchContext):
+    """No alignment: the models' own weights mixed over the simplex."""
+    return models[0], [detached_state(m) for m in models], {}
+
+
+def in_circuit_space(template: nn.Module, aligned: list[dict], options: MultiModelOptions, info: dict):
+    """Template and states in the space the simplex is evaluated in (circuits when options.circuits)."""
+    pairs = [finish(as_model(template, aligned[0]), sd, options.circuits, info) for sd in aligned[1:]]
     first: Alignment = pairs[0]
     return first.template, [first.state_a, *(p.state_b for p in pairs)], info
+
+
+@multi_model_method("glmc_weight_matching")
+def universe_weight_matching(models: list[nn.Module], options: MultiModelOptions, context: MatchContext):
+    """Universe matching: every model aligned by GLMC weight matching to the circuit mean of all, repeated."""
+    template, aligned, _ = universe_matching(models, options.rounds, options.iterations, active_tokens(context.task))
+    return in_circuit_space(template, aligned, options, {"rounds": options.rounds})
+
+
+@multi_model_method("learned_full")
+def universe_learned(models: list[nn.Module], options: MultiModelOptions, context: MatchContext):
+    """Universe matching, then learned refinement on Dirichlet-weighted mixtures of all models."""
+    template, aligned, _ = universe_matching(models, options.rounds, options.iterations, active_tokens(context.task))
+    anchor = as_model(template, aligned[0])
+    refined, history = learn_alignment(anchor, aligned[1:], context.task, options, context.seed,
+                                       sampler=dirichlet(options.alpha, len(models)))
+    info = {"rounds": options.rounds, "final_train_loss": history[-1]["loss"] if history else None}
+    return in_circuit_space(anchor, [aligned[0], *refined], options, info)
+
+
+def align_many(models: list[nn.Module], method: str, context: MatchContext) -> tuple[nn.Module, list[dict], dict]:
+    """Template and per-model states in the space the simplex is evaluated in, for registered `method`
+    with `context.config` as its options (config glmc.multi_model.matcher)."""
+    registered = methods.get("glmc_multi", method)
+    return registered.obj(models, registered.parse(context.config, "glmc.multi_model.matcher"), context)

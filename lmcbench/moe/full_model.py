@@ -10,26 +10,30 @@ paper permutes nothing outside the MoE layer, moe.md §3.2 item 8).
 
 Alignment alternates, for `rounds` rounds: Git Re-Basin weight matching over the backbone spaces
 (`lmcbench.matchers.weight_matching.permutation_weight_matching`), then Algorithm 1 on every MoE
-layer in the now-shared residual basis. Methods: naive; backbone_only (the backbone spaces, experts
-in their own order and hidden units unmatched); full_gate_wm / full_expert_wm (backbone + Algorithm 1).
+layer in the now-shared residual basis. Methods (track "moe_full" of `lmcbench.methods`, options at
+moe.full_model.options.<name>): naive; backbone_only (the backbone spaces, experts in their own order
+and hidden units unmatched); full_gate_wm / full_expert_wm (backbone + Algorithm 1 with that Step 1).
 """
 from __future__ import annotations
 
 import copy
 import logging
 import time
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from lmcbench import methods as registry
 from lmcbench.checkpoints import load_model
 from lmcbench.data import load_dataset
 from lmcbench.io import provenance, run_id, write_json
 from lmcbench.matchers.weight_matching import _permutation_spec, permutation_weight_matching
 from lmcbench.models import build_model
 from lmcbench.moe.jobs import _curve, add_ratios, curve_metrics, finetune_moe
+from lmcbench.methods import NoOptions
 from lmcbench.moe.matching import align
 from lmcbench.moe.symmetry import has_shared, moe_prefixes
 from lmcbench.symmetry.spec import Action, Space, SymmetrySpec
@@ -37,8 +41,6 @@ from lmcbench.tables import write_csv
 from lmcbench.tasks import make_task
 
 log = logging.getLogger(__name__)
-
-FULL_METHODS = ("naive", "backbone_only", "full_gate_wm", "full_expert_wm")
 
 
 def moe_residual_actions(prefix: str, shared: bool) -> list[Action]:
@@ -74,28 +76,72 @@ def moe_backbone_spec(model: torch.nn.Module, model_cfg: dict, meta: dict) -> Sy
     return SymmetrySpec(tuple(spaces))
 
 
-def align_full(spec: SymmetrySpec, state_a: dict, state_b: dict, method: str, rounds: int = 3,
-               seed: int = 0) -> dict:
-    """B aligned to A by `method` (one of FULL_METHODS)."""
-    if method == "naive":
-        return dict(state_b)
+@dataclass(frozen=True)
+class FullGateOptions:
+    """Options of full-model alignment with Algorithm 1 in the MoE layers."""
+    rounds: int = 3            # alternations of backbone weight matching and Algorithm 1 [inferred]
+    order: str = "gate_wm"     # the moe_order method of Step 1 in every MoE layer
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"rounds = {self.rounds}: expected at least 1")
+        if registry.get("moe_order", self.order).obj.evaluates_all_orders:
+            raise ValueError(f"order = {self.order!r} evaluates all orders by their barrier, which needs the data; "
+                             f"name a data-free moe_order method")
+
+
+@dataclass(frozen=True)
+class FullExpertOptions(FullGateOptions):
+    order: str = "expert_wm"
+
+
+def full_method(name: str, options: type = NoOptions):
+    """Register `fn(spec, state_a, state_b, options, seed) -> aligned B state` in track "moe_full"."""
+    return registry.register("moe_full", name, options)
+
+
+@full_method("naive")
+def naive(spec: SymmetrySpec, state_a: dict, state_b: dict, options, seed: int = 0) -> dict:
+    """No alignment: the two whole models interpolated as they are."""
+    return dict(state_b)
+
+
+@full_method("backbone_only")
+def backbone_only(spec: SymmetrySpec, state_a: dict, state_b: dict, options, seed: int = 0) -> dict:
+    """Backbone spaces only (one weight-matching run); experts in their own order, hidden units unmatched."""
+    return permutation_weight_matching(spec, state_a, dict(state_b), seed=seed).state_b
+
+
+def backbone_and_moe(spec: SymmetrySpec, state_a: dict, state_b: dict, options, seed: int = 0) -> dict:
+    """Backbone weight matching and Algorithm 1 (Step 1 by `order`) alternated for `rounds` rounds."""
     state = dict(state_b)
-    for _ in range(rounds if method != "backbone_only" else 1):
+    for _ in range(options.rounds):
         state = permutation_weight_matching(spec, state_a, state, seed=seed).state_b
-        if method != "backbone_only":
-            state, _ = align(state_a, state, method.removeprefix("full_"))
+        state, _ = align(state_a, state, options.order)
     return state
 
 
+full_method("full_gate_wm", FullGateOptions)(backbone_and_moe)
+full_method("full_expert_wm", FullExpertOptions)(backbone_and_moe)
+
+
+def align_full(spec: SymmetrySpec, state_a: dict, state_b: dict, method: str, options: dict | None = None,
+               seed: int = 0) -> dict:
+    """B aligned to A by registered moe_full `method` with `options` (config moe.full_model.options.<method>)."""
+    registered = registry.get("moe_full", method)
+    return registered.obj(spec, state_a, state_b, registered.parse(options, f"moe.full_model.options.{method}"), seed)
+
+
 def moe_full_model_job(out_dir: str | Path, backbone_ckpts: list[str | Path], moe_cfg: dict, train_cfg: dict,
-                       data_cfg: dict, barrier_cfg: dict, methods=FULL_METHODS, labels: dict | None = None,
-                       rounds: int = 3, progress: bool = False) -> pd.DataFrame:
+                       data_cfg: dict, barrier_cfg: dict, methods: list[str], labels: dict | None = None,
+                       options: dict | None = None, progress: bool = False) -> pd.DataFrame:
     """For every independently trained backbone: insert an MoE (initialised from the backbone's seed) and
-    fine-tune it; then align every pair of whole models with each method and interpolate.
-    Writes barriers.csv, curve.csv, provenance.json."""
+    fine-tune it; then align every pair of whole models with each registered moe_full method (`options`:
+    name -> its options) and interpolate. Writes barriers.csv, curve.csv, provenance.json."""
     out_dir = Path(out_dir)
     job = {"job": "moe_full_model", "backbones": [str(c) for c in backbone_ckpts], "moe": moe_cfg,
-           "train": train_cfg, "data": data_cfg, "barrier": barrier_cfg, "methods": list(methods), "rounds": rounds}
+           "train": train_cfg, "data": data_cfg, "barrier": barrier_cfg, "methods": list(methods),
+           "options": options or {}}
     rid = run_id(job)
     data, task, models, timing = None, None, {}, {}
     start = time.perf_counter()
@@ -117,7 +163,7 @@ def moe_full_model_job(out_dir: str | Path, backbone_ckpts: list[str | Path], mo
         state_b = {k: v.detach().clone() for k, v in models[b].state_dict().items()}
         keys = {**(labels or {}), "seed_a": a, "seed_b": b, "run_id": rid}
         for method in methods:
-            aligned = align_full(spec, state_a, state_b, method, rounds)
+            aligned = align_full(spec, state_a, state_b, method, (options or {}).get(method))
             curve = _curve(copy.deepcopy(template), task, state_a, aligned, barrier_cfg)
             curves.append(curve.assign(method=method, **keys))
             tables.append(curve_metrics(curve).assign(method=method, order="", **keys))

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lmcbench import methods as registry
 from lmcbench.barrier import HIGHER_IS_BETTER, barriers, default_grid, interpolation_curve
 from lmcbench.moe import diagnostics as D
 from lmcbench.moe.diagnostics import order_rank
@@ -32,14 +33,12 @@ from lmcbench.io import provenance, run_id, write_json
 from lmcbench.models.moe import MOE_KEYS, AuxLossTask, freeze_backbone, insert_moe
 from lmcbench.moe.evaluation import PairEvaluator
 from lmcbench.moe.router_init import kmeans_routers
-from lmcbench.moe.matching import METHODS, align, align_with_orders, all_orders, order_key
+from lmcbench.moe.matching import align, align_with_orders, all_orders, order_key
 from lmcbench.tables import write_csv
 from lmcbench.tasks import make_task
 from lmcbench.training import TrainConfig, seed_everything, train
 
 log = logging.getLogger(__name__)
-
-RANKED = ("skip_order", "gate_wm", "expert_wm")
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -135,13 +134,15 @@ def _loss_barrier(curve: pd.DataFrame) -> float:
 
 
 def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barrier_cfg: dict,
-               methods=METHODS, max_orders: int = 720, keys: dict | None = None,
-               init_states: tuple[dict, dict] | None = None, data: dict | None = None):
-    """All methods on one pair. Returns (curves, barriers, ranks, orders, diagnostics) tables.
+               methods: list[str], max_orders: int = 720, keys: dict | None = None,
+               init_states: tuple[dict, dict] | None = None, data: dict | None = None,
+               options: dict | None = None):
+    """All `methods` (registered moe_order names; `options`: name -> options, config moe.options) on
+    one pair. Returns (curves, barriers, ranks, orders, diagnostics) tables.
 
-    best_order and the ranks need every order of every layer evaluated (test split, loss barrier, on
-    the `rank_points` grid); they are skipped (and logged) when there are more than `max_orders`
-    orders. `init_states` (the two MoEs before fine-tuning) adds expert movement and whether Step 1
+    A method that evaluates all orders (best_order) and the ranks of every method that orders every
+    layer need every order of every layer evaluated (test split, loss barrier, on the `rank_points`
+    grid); they are skipped (and logged) when there are more than `max_orders` orders. `init_states` (the two MoEs before fine-tuning) adds expert movement and whether Step 1
     on the initial weights already gives the same order; see `lmcbench.moe.diagnostics`."""
     keys = keys or {}
     splits = list(barrier_cfg["splits"])
@@ -149,12 +150,13 @@ def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barri
     evaluator = PairEvaluator(model, task, state_a, state_b, data, barrier_cfg["batch_size"])
     grid = default_grid(barrier_cfg["points"])
     rank_grid = default_grid(barrier_cfg.get("rank_points") or barrier_cfg["points"])
+    searching = [m for m in methods if registry.get("moe_order", m).obj.evaluates_all_orders]
     states, taus = {}, {}
-    for method in [m for m in methods if m != "best_order"]:
-        states[method], taus[method] = align(state_a, state_b, method)
-    orders = all_orders(state_a, max_orders) if "best_order" in methods else None
-    if "best_order" in methods and orders is None:
-        log.info("more than %d expert orders: best_order and ranks skipped", max_orders)
+    for method in [m for m in methods if m not in searching]:
+        states[method], taus[method] = align(state_a, state_b, method, (options or {}).get(method))
+    orders = all_orders(state_a, max_orders) if searching else None
+    if searching and orders is None:
+        log.info("more than %d expert orders: %s and ranks skipped", max_orders, ", ".join(searching))
     order_table = pd.DataFrame()
     if orders is not None:
         order_rows = []
@@ -167,7 +169,8 @@ def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barri
                                "expert_cost": D.total_cost(state_a, state_b, taus_o, "expert_wm")})
         order_table = pd.DataFrame(order_rows)
         best = int(order_table["barrier"].idxmin())
-        states["best_order"], taus["best_order"] = align_with_orders(state_a, state_b, orders[best]), orders[best]
+        for method in searching:
+            states[method], taus[method] = align_with_orders(state_a, state_b, orders[best]), orders[best]
     curves, tables = [], []
     for method, state in states.items():
         order = order_key(taus[method]) if taus[method] else "naive"
@@ -179,7 +182,8 @@ def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barri
         naive_b = _loss_barrier(evaluator.curve(state_b, "naive", rank_grid, ["test"]))
         best_b = float(order_table["barrier"].min())
         lookup = dict(zip(order_table["order"], order_table["barrier"]))
-        for method in [m for m in RANKED if m in states]:
+        ranked = [m for m in taus if m not in searching and set(taus[m]) == set(orders[0])]  # orders every layer
+        for method in ranked:
             b = lookup[order_key(taus[method])]
             ranks.append({"method": method, "order": order_key(taus[method]),
                           "rank": order_rank(b, order_table["barrier"]), "n_orders": len(order_table),
@@ -194,16 +198,17 @@ def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barri
 
 
 def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict, train_cfg: dict, data_cfg: dict,
-                  seeds: list[int], barrier_cfg: dict, methods=METHODS, labels: dict | None = None,
+                  seeds: list[int], barrier_cfg: dict, methods: list[str], labels: dict | None = None,
                   max_orders: int = 720, train_backbone: bool = False, save_models: bool = True,
-                  progress: bool = False) -> pd.DataFrame:
+                  progress: bool = False, options: dict | None = None) -> pd.DataFrame:
     """One configuration (model, gating, n_experts, placement): fine-tune an MoE per seed on the frozen
     backbone, then align every seed pair with every method. Writes barriers.csv, curve.csv, ranks.csv,
-    orders.csv, diagnostics.csv, history.csv, provenance.json and (save_models) seed{s}/ checkpoints into out_dir."""
+    orders.csv, diagnostics.csv, history.csv, provenance.json and (save_models) seed{s}/ checkpoints into out_dir.
+    `methods`: registered moe_order names; `options`: their options by name (config moe.options)."""
     out_dir = Path(out_dir)
     job = {"job": "moe_sweep", "backbone": str(backbone_ckpt), "moe": moe_cfg, "train": train_cfg, "data": data_cfg,
            "seeds": list(seeds), "barrier": barrier_cfg, "methods": list(methods), "max_orders": max_orders,
-           "train_backbone": train_backbone}
+           "train_backbone": train_backbone, **({"options": options} if options else {})}
     rid = run_id(job)
     backbone, info = load_model(backbone_ckpt)
     data = load_dataset(data_cfg)
@@ -228,7 +233,7 @@ def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict,
     for a, b in combinations(seeds, 2):
         keys = {**(labels or {}), "seed_a": a, "seed_b": b, "run_id": rid}
         c, t, r, o, d = align_pair(template, task, states[a], states[b], barrier_cfg, methods, max_orders, keys,
-                                   (inits[a], inits[b]), evaluation)
+                                   (inits[a], inits[b]), evaluation, options)
         curves.append(c), tables.append(t), ranks.append(r), orders.append(o), diags.append(d)
         log.info("pair %d-%d:\n%s\n%s", a, b, t.query("split == 'test'")[
             ["method", "metric", "barrier", "auc", "ratio_to_naive"]].to_string(index=False),

@@ -13,19 +13,26 @@ optimal, no coordinate descent needed [inferred]).
 
 Baselines (moe.md §3.2 item 9): naive (no alignment), skip_order (Step 2 with the identity order
 [inferred]), best_order (all n! orders per layer, each followed by Step 2; the lowest test-loss
-barrier, chosen by the caller, which evaluates the orders). Shared experts (DeepSeekMoE) have no
+barrier, chosen by the caller, which evaluates the orders).
+
+Each is an `ExpertOrder` registered in track "moe_order" of `lmcbench.methods` (`order_method`), so a
+plugin adds an ordering method the same way (README "Add a method"). Shared experts (DeepSeekMoE) have no
 gate row and are matched only among themselves: Step 2 for s = 1, the Gram cost + Step 2 for s > 1
 (the paper's handling is unknown, moe.md §3.2 item 7 [inferred]). Layers are matched independently:
 the frozen shared backbone fixes the residual basis ([secondary], moe.md §3.2 item 1).
 """
 from __future__ import annotations
 
+import functools
 import itertools
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from lmcbench import methods
 from lmcbench.matchers.assignment import match_units
+from lmcbench.methods import NoOptions
 from lmcbench.moe.symmetry import (
     EXPERT_TENSORS,
     SHARED_TENSORS,
@@ -36,8 +43,27 @@ from lmcbench.moe.symmetry import (
     permute_hidden,
 )
 
-ORDER_METHODS = ("gate_wm", "expert_wm")
-METHODS = ("naive", "skip_order", "gate_wm", "expert_wm", "best_order")
+class ExpertOrder:
+    """A registered Step-1 method. `layer_order(state_a, state_b, prefix, options)` gives τ for one MoE
+    layer (aligned B's expert i = B's expert τ[i]; Step 2 follows), or None to leave the layer as B has
+    it (no Step 2). `evaluates_all_orders`: the method chooses among all orders by their barrier, which
+    the caller evaluates (it has the data); `layer_order` is then None."""
+
+    def __init__(self, layer_order: Callable | None, evaluates_all_orders: bool = False, doc: str | None = None):
+        if layer_order is not None:
+            functools.update_wrapper(self, layer_order)
+        self.__doc__ = doc or self.__doc__
+        self.layer_order = layer_order
+        self.evaluates_all_orders = evaluates_all_orders
+
+
+def order_method(name: str, options: type = NoOptions):
+    """Decorator: register `layer_order(state_a, state_b, prefix, options) -> τ | None` as MoE Step-1
+    method `name` (track "moe_order"); `options` is its options dataclass (config moe.options.<name>)."""
+    def add(layer_order):
+        methods.register("moe_order", name, options)(ExpertOrder(layer_order))
+        return layer_order
+    return add
 
 
 def _expert(state: dict, prefix: str, shared: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -66,13 +92,47 @@ def expert_cost(state_a: dict, state_b: dict, prefix: str, shared: bool = False)
     return torch.cdist(gram_features(state_a, prefix, shared), gram_features(state_b, prefix, shared))
 
 
-def expert_order(state_a: dict, state_b: dict, prefix: str, method: str) -> Tensor:
-    """τ with aligned B's expert i = B's expert τ[i] (Step 1, minimising the method's cost)."""
-    if method == "gate_wm":
-        return match_units(gate_cost(state_a, state_b, prefix), maximize=False)
-    if method == "expert_wm":
-        return match_units(expert_cost(state_a, state_b, prefix), maximize=False)
-    raise ValueError(f"unknown expert-order method {method!r}; expected one of {ORDER_METHODS}")
+@order_method("naive")
+def naive(state_a: dict, state_b: dict, prefix: str, options) -> None:
+    """No alignment: the two MoEs interpolated as they are, the reference of every ratio."""
+    return None
+
+
+@order_method("skip_order")
+def skip_order(state_a: dict, state_b: dict, prefix: str, options) -> Tensor:
+    """Step 2 only: experts in their own order (the identity τ), hidden units matched [inferred]."""
+    return torch.arange(n_experts(state_b, prefix))
+
+
+@order_method("gate_wm")
+def gate_wm(state_a: dict, state_b: dict, prefix: str, options) -> Tensor:
+    """Algorithm 1: experts ordered by their centred gate rows (Eq. 10), then Step 2."""
+    return match_units(gate_cost(state_a, state_b, prefix), maximize=False)
+
+
+@order_method("expert_wm")
+def expert_wm(state_a: dict, state_b: dict, prefix: str, options) -> Tensor:
+    """Algorithm 1: experts ordered by their weights' Gram matrices (Eq. 11), then Step 2."""
+    return match_units(expert_cost(state_a, state_b, prefix), maximize=False)
+
+
+methods.register("moe_order", "best_order")(ExpertOrder(None, evaluates_all_orders=True, doc=(
+    "Oracle: every expert order of every layer (each + Step 2), the lowest test-loss barrier (moe.max_orders caps them).")))
+
+
+def layer_order(method: str, options: dict | None = None) -> Callable:
+    """`(state_a, state_b, prefix) -> τ | None` of a registered order method with its options checked."""
+    registered = methods.get("moe_order", method)
+    if registered.obj.evaluates_all_orders:
+        raise ValueError(f"moe_order method {method!r} evaluates all orders: lmcbench.moe.jobs.align_pair chooses "
+                         f"its order from their barriers")
+    checked = registered.parse(options, f"moe.options.{method}")
+    return lambda state_a, state_b, prefix: registered.obj.layer_order(state_a, state_b, prefix, checked)
+
+
+def expert_order(state_a: dict, state_b: dict, prefix: str, method: str, options: dict | None = None) -> Tensor | None:
+    """τ of one MoE layer by a registered order method (None: the method leaves the layer unaligned)."""
+    return layer_order(method, options)(state_a, state_b, prefix)
 
 
 def hidden_similarity(state_a: dict, state_b: dict, prefix: str, shared: bool = False) -> Tensor:
@@ -115,21 +175,17 @@ def align_with_orders(state_a: dict, state_b: dict, taus: dict[str, Tensor | Non
     return out
 
 
-def method_orders(state_a: dict, state_b: dict, method: str) -> dict[str, Tensor | None] | None:
-    """The expert order per layer a method uses: None for naive, identity for skip_order."""
-    prefixes = moe_prefixes(state_a)
-    if method == "naive":
-        return None
-    if method == "skip_order":
-        return {p: torch.arange(n_experts(state_b, p)) for p in prefixes}
-    return {p: expert_order(state_a, state_b, p, method) for p in prefixes}
+def method_orders(state_a: dict, state_b: dict, method: str, options: dict | None = None) -> dict[str, Tensor]:
+    """The expert order per MoE layer a registered method gives; layers it leaves unaligned are absent
+    (naive: none)."""
+    order = layer_order(method, options)
+    taus = {p: order(state_a, state_b, p) for p in moe_prefixes(state_a)}
+    return {p: tau for p, tau in taus.items() if tau is not None}
 
 
-def align(state_a: dict, state_b: dict, method: str) -> tuple[dict, dict]:
-    """(aligned B state, per-layer orders) for naive, skip_order, gate_wm or expert_wm."""
-    taus = method_orders(state_a, state_b, method)
-    if taus is None:
-        return dict(state_b), {}
+def align(state_a: dict, state_b: dict, method: str, options: dict | None = None) -> tuple[dict, dict]:
+    """(aligned B state, per-layer orders) for a registered order method (not one that evaluates all orders)."""
+    taus = method_orders(state_a, state_b, method, options)
     return align_with_orders(state_a, state_b, taus), taus
 
 

@@ -10,4 +10,4 @@ from lmcbench.runner import snakemake_job
 with snakemake_job(snakemake):
     p = snakemake.params
     moe_full_model_job(Path(snakemake.output.barriers).parent, [Path(c).parent for c in snakemake.input], p.moe_cfg,
-                       p.train_cfg, p.data_cfg, p.barrier_cfg, p.methods, p.labels, rounds=p.rounds)
+                       p.train_cfg, p.data_cfg, p.barrier_cfg, p.methods, p.labels, options=p.options)

@@ -11,4 +11,4 @@ with snakemake_job(snakemake):
     p = snakemake.params
     moe_sweep_job(Path(snakemake.output.barriers).parent, Path(snakemake.input[0]).parent, p.moe_cfg, p.train_cfg,
                   p.data_cfg, list(p.seeds), p.barrier_cfg, p.methods, p.labels, max_orders=p.max_orders,
-                  train_backbone=p.train_backbone, save_models=p.save_models)
+                  train_backbone=p.train_backbone, save_models=p.save_models, options=p.options)
