@@ -25,9 +25,8 @@ def job_context(log_file: str | Path | None = None, threads: int | None = None) 
     """Send stderr and logging to `log_file` (appending), and cap torch's CPU threads at `threads`
     (in the pinned numerics mode at `numerics.threads`, whatever the rule asked for)."""
     threads = job_threads(threads)
-    if threads:   # torch only where a job caps its threads: table and claims jobs never import it
-        import torch
-
+    torch = sys.modules.get("torch")   # a torch job has loaded it with its job module; table, figure and
+    if threads and torch is not None:  # claims jobs never load it (tests/test_install.py checks they run without)
         torch.set_num_threads(int(threads))
     if log_file is None:
         configure_logging()

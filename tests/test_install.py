@@ -20,8 +20,6 @@ import yaml
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow   # ~1 min: a wheel build and a short CPU training run (CI runs slow tests)
-
 
 def _run(cmd: list, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
@@ -58,6 +56,7 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     return venv / "bin", elsewhere
 
 
+@pytest.mark.slow   # shares the ~20 s install; CI runs slow tests
 def test_installed_package_is_the_wheel_copy_with_its_data(installed):
     bin_dir, elsewhere = installed
     code = ("import lmcbench, lmcbench.claims as c, lmcbench.config as k; "
@@ -69,15 +68,57 @@ def test_installed_package_is_the_wheel_copy_with_its_data(installed):
     assert out[1].split() == sorted(p.stem for p in (ROOT / "lmcbench" / "profiles").glob("*.yaml"))
 
 
+@pytest.mark.slow   # shares the ~20 s install; CI runs slow tests
 def test_installed_cli_checks_a_shipped_profile(installed):
     bin_dir, elsewhere = installed
     out = _run([bin_dir / "lmcbench", "config", "--profile", "smoke", "--key", "profile"], cwd=elsewhere).stdout
     assert yaml.safe_load(out) == "smoke"
 
 
+@pytest.mark.slow   # shares the ~20 s install; CI runs slow tests
 def test_installed_cli_trains_from_another_directory(installed):
     bin_dir, elsewhere = installed
     _run([bin_dir / "lmcbench", "train", "--config", "smoke", "--model", "vit", "--seed", "0", "--out", "vit0"],
          cwd=elsewhere, timeout=600)
     assert (elsewhere / "vit0" / "model.safetensors").is_file()
     assert not list(elsewhere.glob("results*"))   # nothing but the requested checkpoint folder
+
+
+# ----------------------------------------------------------------------------- tables without torch
+# The shims of the rules that only read tables: they rebuild tables, figures, the claims ledger and the
+# timing table from CSVs, so a machine without torch (or a broken torch) can still regenerate them.
+TABLE_SHIMS = ("glmc_tables", "moe_tables", "ace_tables", "glmc_figures", "moe_figures", "ace_figures", "claims",
+               "timing", "training_report")
+NO_TORCH = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "torchvision", "timm", "transformers", "escnn"):
+            raise ImportError(f"{name} imported by table code")
+sys.meta_path.insert(0, NoTorch())
+from lmcbench.numerics import apply
+apply({"mode": "pinned", "threads": 1})   # as the default profile's shims do
+"""
+
+
+def test_table_and_figure_code_runs_without_torch(tmp_path):
+    """Every table-only shim's imports, the job context they run in (pinned threads, plugins) and the README
+    and claims code on the committed snapshot work with torch, timm, transformers and escnn unimportable."""
+    imports = [line for name in TABLE_SHIMS for line in (ROOT / "workflow" / "scripts" / f"{name}.py").read_text()
+               .splitlines() if line.startswith(("from lmcbench", "import")) and "numerics" not in line]
+    snapshot = ROOT / "results" / "reference" / "default_run"
+    code = NO_TORCH + "\n".join(imports) + f"""
+from lmcbench import claims, readme
+from lmcbench.methods import load_methods
+from lmcbench.runner import job_context
+with job_context(None, 4):
+    load_methods((), tracks=())
+    assert readme.render({str(snapshot)!r}).count("|") > 100
+    rules = claims.load_claims({str(ROOT / "results" / "reference" / "claims.yaml")!r})
+    ledger = claims.evaluate(rules, {{r["table"]: __import__("pandas").DataFrame() for r in rules}}, "none")
+    assert set(ledger["verdict"]) == {{"not run"}}
+assert "torch" not in sys.modules
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
