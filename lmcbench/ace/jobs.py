@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lmcbench.ace.report import TASK_METRIC
+from lmcbench.ace.report import TASK_METRIC, plateau_diagnostics
 from lmcbench.io import provenance, run_id, write_json
 from lmcbench.tables import write_csv
 from lmcbench.training import seed_everything
@@ -155,20 +155,6 @@ def _make_task(task: str, cfg: dict, regime: str, n_train, noise: float, nbody_f
     return NBodyTask(nbody_files[regime], regime, n_train, noise, tcfg["train"].get("eval_examples"))
 
 
-def val_gain_last_quarter(curves: list[dict], epochs: int, metric: str) -> float:
-    """Plateau check: how much the best validation metric improved in the last quarter of the epochs over the
-    best before it (accuracy: higher is better, MSE: lower), improvement positive; ≈ 0 (within the validation
-    noise) means training had stopped improving.
-    NaN when the curves have no evaluation on one side of the boundary."""
-    boundary = 0.75 * epochs
-    vals = [(c["epoch"], c["value"]) for c in curves if c["split"] == "val" and c["metric"] == metric]
-    before = [v for e, v in vals if e <= boundary]
-    last = [v for e, v in vals if e > boundary]
-    if not before or not last:
-        return float("nan")
-    return max(last) - max(before) if metric == "accuracy" else min(before) - min(last)
-
-
 def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict, overrides: dict | None = None):
     """Train one model with registered ACE method `method` (options: `ace.options.<method>`, then
     `overrides`); return (records, trajectory, curves) as lists of dicts tagged with `keys`.
@@ -207,8 +193,8 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
     if gam:   # final max |γ| (the constraint check of ace_equality)
         records.append({**diag, "split": "train", "metric": "max_abs_gamma",
                         "value": max(abs(float(g.detach())) for g in gam)})
-    records.append({**diag, "split": "val", "metric": "val_gain_last_quarter",
-                    "value": val_gain_last_quarter(result.curves, train["epochs"], TASK_METRIC[task_name])})
+    for metric, value in plateau_diagnostics(result.curves, train["epochs"], TASK_METRIC[task_name]).items():
+        records.append({**diag, "split": "val", "metric": metric, "value": value})
     records.append({**keys, "eval": headline, "headline": True, "split": "train",
                     "metric": "train_seconds", "layer": "", "value": seconds})
     log.info("%s %s seed %d (%s): %s in %.1fs", task_name, method, seed, keys.get("regime"),
