@@ -97,27 +97,10 @@ def test_egnn_is_e3_and_permutation_equivariant_and_branch_breaks_it():
     assert nbody_equivariance(model, loc, vel, q)["output"] > 1e-3
 
 
-class _GD:
-    """Plain gradient descent with the optimiser interface ConstrainedOptimizer uses (cheaper per step than
-    torch.optim.SGD, which matters over thousands of toy steps)."""
-
-    def __init__(self, params, lr):
-        self.param_groups = [{"params": list(params), "lr": lr}]
-
-    def zero_grad(self, set_to_none=True):
-        for p in self.param_groups[0]["params"]:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self):
-        for p in self.param_groups[0]["params"]:
-            p -= self.param_groups[0]["lr"] * p.grad
-
-
 def _solve(variant, target, steps=4000, **kw):
-    """min (γ − target)² under the variant's constraint, plain gradient-descent primal, plain dual ascent."""
+    """min (γ − target)² under the variant's constraint, SGD primal, plain dual ascent."""
     gamma = torch.nn.Parameter(torch.tensor([1.0]))
-    opt = ace_optimizer(variant, _GD([gamma], lr=0.05), ["g"], dual_lr=0.05, **kw)
+    opt = ace_optimizer(variant, torch.optim.SGD([gamma], lr=0.05), ["g"], dual_lr=0.05, **kw)
     for _ in range(steps):
         opt.step(((gamma - target) ** 2).sum(), ace_defects(variant, gamma, eps=0.5))
     return float(gamma.detach()), opt.lam.item(), (opt.u.item() if opt.u is not None else None)
@@ -146,7 +129,7 @@ def test_resilient_slack_settles_at_lambda_over_rho(rho):
 
 def test_adam_dual_step_and_constraint_validation():
     gamma = torch.nn.Parameter(torch.tensor([1.0]))
-    opt = ace_optimizer("ace_equality", _GD([gamma], lr=0.05), ["g"], dual_lr=0.01,
+    opt = ace_optimizer("ace_equality", torch.optim.SGD([gamma], lr=0.05), ["g"], dual_lr=0.01,
                         dual_optimizer="adam")
     for _ in range(3000):
         opt.step(((gamma - 2.0) ** 2).sum(), gamma)

@@ -13,7 +13,11 @@ The Lagrangian is L = J0 + Σ λ_i s_i (+ c·Σ s_i² augmented term, default 0 
 s_i = g_i − u_i, with λ detached in the primal step. The dual step uses the *pre-update* defect
 (simultaneous / Jacobi GDA as in Algorithm 1 [paper]) and is either plain ascent λ ← λ + η_d s
 ("ascent" [paper]) or a torch optimiser fed grad = −s ("adam" / "sgd" [official code]); inequality
-multipliers are then projected onto λ >= 0.
+multipliers are then projected onto λ >= 0. θ and γ are stepped by the torch.optim optimisers given.
+Checked against cooper (cooper-optim, tests/test_ace_cooper.py): on toy problems its SimultaneousOptimizer
+with torch.optim.SGD/Adam(maximize=True) on λ gives the same γ and λ at every step ("ascent" is kept as the
+one-line update λ + η·s: torch's SGD fuses the multiply-add and differs in the last bit, which would change
+every ACE table).
 
 The γ step (`gamma_optimizer`): "curvature" (default) ties it to the Lagrangian's curvature in γ so that γ
 contracts monotonically; c > 0 matters too: with c = 0, wherever the loss is flat in γ the Lagrangian is
@@ -150,7 +154,7 @@ class ConstrainedOptimizer:
         lag = objective + (self.lam.detach() * s).sum()
         if self.aug_lag:
             lag = lag + self.aug_lag * (s ** 2).sum()
-        return lag, s.detach()
+        return lag, s.detach().clone()   # a copy: defects may share storage with γ (ace_equality: g = γ)
 
     def step(self, objective: torch.Tensor, defects: torch.Tensor, curvature: CurvatureStep | None = None) -> dict:
         """One primal descent step on L and one dual ascent step with the pre-step defects; `curvature`
