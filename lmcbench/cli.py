@@ -1,8 +1,8 @@
 """`lmcbench` command line: the same job functions the Snakemake rules call, for one-off use.
 
   lmcbench train --config default --model vit --seed 0 --out results/models/vit/seed0
-  lmcbench align A_DIR B_DIR --method vanilla --dataset mnist5k --out results/my_pair
-  lmcbench matchers
+  lmcbench align A_DIR B_DIR --method learned_full --opt steps=150 --dataset mnist5k --out results/my_pair
+  lmcbench methods [--track moe_order] [--plugin my_methods.py]
   lmcbench config --profile paper [--key glmc.matchers]
   lmcbench compare results/tables tests/golden/smoke
   lmcbench bench rules | matching | matching-scale | throughput
@@ -67,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
                                      "the barrier curve (OUT/curve.csv) and barriers (OUT/barriers.csv)")
     p.add_argument("a", help="reference checkpoint directory (λ = 1)")
     p.add_argument("b", help="checkpoint directory to align (λ = 0)")
-    p.add_argument("--method", default="vanilla", help="a registered matcher (see `lmcbench matchers`)")
+    p.add_argument("--method", default="vanilla", help="a registered glmc method (see `lmcbench methods --track glmc`)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the method (repeatable; values read as YAML), checked as the workflow checks "
+                        "glmc.matchers.<method>; unset options take the method's defaults (`lmcbench methods`)")
     p.add_argument("--experiment", choices=["pairwise", "width_hetero"], default="pairwise",
                    help="pairwise: A and B share one architecture; width_hetero: B is narrower and is embedded "
                         "into A's width first (GLMC §5; no aligned checkpoint is exported)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
-                   help="load a plugin that registers matchers first (repeatable; see README 'Add a method')")
+                   help="load a plugin that registers methods first (repeatable; see README 'Add a method')")
     p.add_argument("--dataset", required=True, help="dataset name for the barrier, e.g. mnist5k, shakespeare, cifar10")
     p.add_argument("--data-root", help="local path for datasets that are not shipped with a package")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="extra dataset options, e.g. tokenizer=char")
@@ -96,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="default", help=PROFILE_HELP)
     p.add_argument("--key", help="print only this dotted key, e.g. glmc.matchers or models.gpt2")
 
-    p = sub.add_parser("matchers", help="list registered matchers")
+    p = sub.add_parser("methods", help="list the registered methods of every track with their options (name, type, "
+                                       "default) and what each does")
+    p.add_argument("--track", help="only this track (glmc, glmc_multi, moe_order, moe_full, ace)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE", help="load a plugin first")
 
     p = sub.add_parser("bench", help="measure: per-rule DAG times (rules), GLMC weight matching on a random GPT-2 "
@@ -188,11 +193,18 @@ def _run(args, parser) -> int:
             config = config[part]
         print(yaml.safe_dump(config, sort_keys=False, width=120), end="")
         return 0
-    if args.command == "matchers":
-        from lmcbench.matchers import MATCHERS
+    if args.command == "methods":
+        from lmcbench import methods
 
-        for name, fn in sorted(MATCHERS.items()):
-            print(f"{name:28s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+        if args.track and args.track not in methods.TRACKS:
+            parser.error(f"--track {args.track!r}: tracks are {', '.join(methods.TRACKS)}")
+        for track in [args.track] if args.track else methods.TRACKS:
+            print(f"{track}: {methods.TRACKS[track].summary}")
+            previous = None
+            for row in methods.describe(track):   # the method's name on its first row only
+                option = f"{row['option']} ({row['type']}) = {row['default']!r}" if row["option"] else ""
+                name, previous = (row["method"] if row["method"] != previous else ""), row["method"]
+                print(f"  {name:24s} {option:44s} {row['summary']}".rstrip())
         return 0
     if args.command == "bench":
         import pandas as pd
@@ -237,13 +249,17 @@ def _run(args, parser) -> int:
             train_job(args.out, args.model, model_cfg, config["datasets"][model_cfg["dataset"]], args.seed)
         return 0
     if args.command == "align":
+        from lmcbench import methods
         from lmcbench.jobs import pairs_job
 
+        options = methods.cli_options(args.opt)
+        methods.get("glmc", args.method).parse(options, f"--opt (glmc method {args.method})")  # before any loading
         barrier_cfg = {"points": args.points, "splits": args.splits, "max_examples": args.max_examples,
                        "batch_size": args.batch_size}
         with job_context(args.log):
             table = pairs_job([(args.a, args.b)], args.out, args.method, _dataset_cfg(args), barrier_cfg,
-                              labels={"experiment": args.experiment}, seed=args.seed, experiment=args.experiment,
+                              matcher_cfg=options, labels={"experiment": args.experiment}, seed=args.seed,
+                              experiment=args.experiment,
                               export=args.experiment == "pairwise")
         print(table[["split", "metric", "barrier", "barrier_midpoint", "argmax_lambda"]].to_string(index=False))
         return 0

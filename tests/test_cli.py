@@ -29,11 +29,12 @@ def vit_pair(tmp_path_factory):
     return [train_job(root / f"vit{s}", "vit", cfg, data_cfg("vit"), s, progress=False) for s in (0, 1)]
 
 
-@pytest.mark.parametrize("method", ["perm_weight_matching", "glmc_weight_matching"])
-def test_align_writes_curve_and_an_aligned_checkpoint_that_computes_b(vit_pair, tmp_path, method, capsys):
+@pytest.mark.parametrize("method, opts", [("perm_weight_matching", []),
+                                          ("glmc_weight_matching", ["--opt", "iterations=2", "--opt", "residual=perm"])])
+def test_align_writes_curve_and_an_aligned_checkpoint_that_computes_b(vit_pair, tmp_path, method, opts, capsys):
     a, b = vit_pair
     out = tmp_path / "pair"
-    assert main(["align", str(a), str(b), "--method", method, "--dataset", "mnist5k", "--points", "3",
+    assert main(["align", str(a), str(b), "--method", method, *opts, "--dataset", "mnist5k", "--points", "3",
                  "--splits", "test", "--max-examples", "64", "--out", str(out)]) == 0
     assert "barrier" in capsys.readouterr().out
     curve, barriers = pd.read_csv(out / "curve.csv"), pd.read_csv(out / "barriers.csv")
@@ -62,12 +63,14 @@ def test_missing_checkpoint_names_the_path(tmp_path, capsys):
     assert f"no checkpoint at {tmp_path / 'a'}" in capsys.readouterr().err
 
 
-def test_matchers_lists_every_registered_name(capsys):
-    assert main(["matchers"]) == 0
+def test_methods_lists_every_registered_name_with_its_options(capsys):
+    from lmcbench import methods
+
+    assert main(["methods", "--track", "glmc"]) == 0
     out = capsys.readouterr().out
-    for name in ("vanilla", "perm_weight_matching", "activation_matching", "glmc_weight_matching",
-                 "learned_full", "learned_perm_only", "learned_identity_init"):
-        assert name in out
+    for name in methods.names("glmc"):
+        assert re.search(rf"^  {name} ", out, re.M)
+    assert "iterations (int) = 15" in out  # glmc_weight_matching's option, type and default
 
 
 # ----------------------------------------------------------------------------- lmcbench bench

@@ -1,5 +1,6 @@
-"""The add-a-method extension point: a plugin file registers a matcher, the config names it, and it gets
-its own jobs, rows, curves and figure panels without any edit to the package or the rules."""
+"""The add-a-method extension point: a plugin file registers a method (a GLMC matcher, an MoE ordering
+method), the config names it, and it gets its own jobs, rows, curves and figure panels and is listed by
+`lmcbench methods`, without any edit to the package or the rules."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,11 +8,11 @@ import pytest
 import yaml
 
 from lmcbench import methods
-from lmcbench.config import ConfigError, check_matchers
+from conftest import data_cfg, fresh_model, vit_cfg
+from lmcbench.config import PROFILES, ConfigError, check_config, check_methods, load_profile
 from lmcbench.matchers import MATCHERS
 from lmcbench.methods import load_plugin
 from test_workflow import ROOT, _copy_workflow, snakemake
-from lmcbench.config import PROFILES
 
 PLUGIN = "workflow/plugins/glmc_wm_one_round.py"
 METHOD = "glmc_wm_one_round"
@@ -25,7 +26,9 @@ ONLY_VIT = {  # smoke profile, pairwise GLMC on the ViT only: the smallest DAG t
 
 @pytest.fixture
 def registry():
-    """Loading a plugin registers into the process-wide registry: undo it so other tests see the built-ins."""
+    """Loading a plugin registers into the process-wide registry: undo it so other tests see the built-ins
+    (all loaded first: a built-in module imported during the test would not register again after the undo)."""
+    methods.load_methods()
     saved = {track: dict(registered) for track, registered in methods.REGISTRY.items()}
     saved_loaded = dict(methods.LOADED)
     yield methods.REGISTRY
@@ -46,12 +49,12 @@ def test_plugin_registers_its_matcher_once(monkeypatch, registry):
     load_plugin(PLUGIN)
     load_plugin(PLUGIN)  # a second load (every job loads the plugins) is a no-op, not a duplicate error
     assert METHOD in MATCHERS
-    check_matchers({"plugins": [PLUGIN], "glmc": {"methods": ["vanilla", METHOD]}})
+    check_methods({"plugins": [PLUGIN], "glmc": {"methods": ["vanilla", METHOD]}})
 
 
 def test_unknown_method_and_missing_plugin_are_named(registry):
     with pytest.raises(ConfigError, match="no_such_matcher"):
-        check_matchers({"glmc": {"methods": ["vanilla", "no_such_matcher"]}})
+        check_methods({"glmc": {"methods": ["vanilla", "no_such_matcher"]}})
     with pytest.raises(FileNotFoundError, match="missing_plugin.py"):
         load_plugin("missing_plugin.py")
 
@@ -94,5 +97,64 @@ def test_cli_lists_a_plugin_matcher(capsys, monkeypatch, registry):
     from lmcbench.cli import main
 
     monkeypatch.chdir(ROOT)
-    assert main(["matchers", "--plugin", PLUGIN]) == 0
-    assert METHOD in capsys.readouterr().out
+    assert main(["methods", "--track", "glmc", "--plugin", PLUGIN]) == 0
+    out = capsys.readouterr().out
+    assert f"  {METHOD} " in out and "GLMC weight matching stopped after one round (plugin example)." in out
+
+
+# ------------------------------------------------------------------------------------ an MoE ordering method
+MOE_PLUGIN = "workflow/plugins/moe_random_order.py"
+MOE_METHOD = "random_order"
+MOE_OVERRIDE = {"plugins": [MOE_PLUGIN], "moe": {"methods": ["naive", "gate_wm", MOE_METHOD, "best_order"],
+                                                 "options": {MOE_METHOD: {"seed": 3}}}}
+
+
+def test_moe_plugin_is_checked_and_scheduled_by_a_dry_run(tmp_path, monkeypatch, registry):
+    monkeypatch.chdir(ROOT)
+    config = load_profile("smoke")
+    without_plugin = {**config, "moe": {**config["moe"], "methods": MOE_OVERRIDE["moe"]["methods"]}}
+    with pytest.raises(ConfigError, match=f"moe.methods: {MOE_METHOD} is not registered; registered moe_order"):
+        check_config(without_plugin)
+    _copy_workflow(tmp_path)
+    result = snakemake("-n", "--cores", "2", *_config(tmp_path, MOE_OVERRIDE), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "moe_sweep" in result.stdout and "moe_tables" in result.stdout
+
+
+def test_moe_plugin_reaches_tables_figures_and_the_listing(tmp_path, monkeypatch, capsys, registry, datasets):
+    """A real (tiny) sweep job with the plugin method, then the MoE tables and figures built from it."""
+    from lmcbench import plots
+    from lmcbench.checkpoints import save_model
+    from lmcbench.moe.jobs import moe_sweep_job
+    from lmcbench.tables import moe_tables
+    from lmcbench.cli import main
+
+    monkeypatch.chdir(ROOT)
+    load_plugin(MOE_PLUGIN)
+    cfg = vit_cfg()
+    backbone = save_model(tmp_path / "backbone", fresh_model(cfg, datasets["vit"], 0), cfg, datasets["vit"].meta,
+                          seed=0)
+    labels = {"experiment": "sweep", "variant": "paper", "model": "vit", "dataset": "mnist5k", "gating": "topk",
+              "n_experts": 3, "placement": "first"}
+    moe_sweep_job(tmp_path / "job", backbone, {"n_experts": 3, "gating": "topk", "k": 2, "placement": "first",
+                                                "hidden": 16},
+                  {"steps": 4, "batch_size": 16, "lr": 0.01, "eval_every": 2, "eval_examples": 32}, data_cfg("vit"),
+                  [0, 1], {"points": 3, "splits": ["test"], "max_examples": 32, "batch_size": 64},
+                  MOE_OVERRIDE["moe"]["methods"], labels, save_models=False, options=MOE_OVERRIDE["moe"]["options"])
+    tables = tmp_path / "tables"
+    outputs = {name: tables / f"moe_{name}.csv"
+               for name in ("barriers", "curves", "order_ranks", "summary", "vs_paper", "diagnostics", "testability")}
+    moe_tables([tmp_path / "job" / "barriers.csv"], outputs, ROOT / "results" / "reference" / "moe_published.csv")
+    for name in ("barriers", "curves", "summary", "order_ranks"):
+        assert MOE_METHOD in set(pd.read_csv(outputs[name])["method"]), name   # ranked too: it orders every layer
+    assert f"sim_{MOE_METHOD}" in pd.read_csv(outputs["diagnostics"])
+    barriers, curves = pd.read_csv(outputs["barriers"]), pd.read_csv(outputs["curves"])
+    for draw, frame in ((plots.moe_curves, curves), (plots.moe_ratio_heatmap, barriers),
+                        (plots.moe_rank_hist, pd.read_csv(outputs["order_ranks"]))):
+        grid = draw(frame, tmp_path / f"{draw.__name__}.png", profile="test")
+        shown = {t.get_text() for t in grid.legend.texts} if grid.legend else set(grid.row_names)
+        assert MOE_METHOD in shown, draw.__name__
+        assert (tmp_path / f"{draw.__name__}.png").stat().st_size > 1000
+    assert main(["methods", "--track", "moe_order", "--plugin", MOE_PLUGIN]) == 0
+    out = capsys.readouterr().out
+    assert f"  {MOE_METHOD} " in out and "seed (int) = 0" in out
