@@ -7,7 +7,9 @@ import math
 
 import pytest
 
-from lmcbench.ace.report import PLATEAU_TOL, TASK_METRIC, plateau_diagnostics
+from lmcbench.ace.report import PLATEAU_MSE_TOL, TASK_METRIC, plateau_diagnostics
+
+N_VAL = 500
 
 
 def curve(values: dict[int, float], metric: str = "accuracy") -> list[dict]:
@@ -22,46 +24,50 @@ def curve(values: dict[int, float], metric: str = "accuracy") -> list[dict]:
 @pytest.mark.parametrize("metric", ["accuracy", "mse"])
 def test_saturating_curve_is_a_plateau_and_a_rising_one_is_not(metric):
     """Error e(t) = e0·exp(−t/τ) + floor over 40 epochs: with τ = 2 the last quarter (epochs 31–40) removes
-    nothing measurable, with τ = 40 it removes far more than PLATEAU_TOL of the error left."""
+    nothing measurable, with τ = 40 it removes far more than the validation noise."""
     def run(tau: float) -> dict:
         err = {t: 0.5 * math.exp(-t / tau) + 0.1 for t in range(1, 41)}
         return plateau_diagnostics(curve({t: 1 - e if metric == "accuracy" else e for t, e in err.items()}, metric),
-                                   40, metric)
+                                   40, metric, N_VAL)
 
     flat, rising = run(2.0), run(40.0)
     assert flat["plateau"] == 1.0
     assert flat["val_gain_last_quarter"] == pytest.approx(0.5 * (math.exp(-15) - math.exp(-20)))
     gain = 0.5 * (math.exp(-30 / 40) - math.exp(-1))   # best before: epoch 30; best after: epoch 40
     assert rising["val_gain_last_quarter"] == pytest.approx(gain)
-    assert rising["plateau"] == 0.0 and gain > PLATEAU_TOL * (0.5 * math.exp(-30 / 40) + 0.1)
+    err = 0.5 * math.exp(-30 / 40) + 0.1
+    noise = math.sqrt(err * (1 - err) / N_VAL) if metric == "accuracy" else PLATEAU_MSE_TOL * err
+    assert rising["plateau"] == 0.0 and gain > noise
 
 
 def test_gain_is_best_after_over_best_before_improvement_positive():
     """Max for accuracy, min for MSE, on each side of 0.75·epochs (an evaluation at the boundary is before);
     a late drop counts as a negative gain, i.e. a plateau."""
     acc = {2: 0.5, 4: 0.8, 6: 0.7, 7: 0.75, 8: 0.78}   # boundary 6: before {2, 4, 6}, after {7, 8}
-    d = plateau_diagnostics(curve(acc), 8, "accuracy")
+    d = plateau_diagnostics(curve(acc), 8, "accuracy", N_VAL)
     assert d["val_gain_last_quarter"] == pytest.approx(0.78 - 0.8) and d["plateau"] == 1.0
     mse = {2: 0.5, 4: 0.2, 6: 0.3, 8: 0.1}
-    d = plateau_diagnostics(curve(mse, "mse"), 8, "mse")
+    d = plateau_diagnostics(curve(mse, "mse"), 8, "mse", N_VAL)
     assert d["val_gain_last_quarter"] == pytest.approx(0.1) and d["plateau"] == 0.0
 
 
-def test_tolerance_is_relative_to_the_error_left():
-    """The same absolute accuracy gain is a plateau where much error is left and not where little is: the
-    threshold is PLATEAU_TOL × (1 − best accuracy before the last quarter); the same for the MSE itself."""
+def test_tolerance_is_the_validation_noise():
+    """Accuracy: a gain is a plateau up to one binomial standard error √(p(1 − p)/n) of the best validation
+    accuracy p before the last quarter, so the same gain can be noise on 100 examples and not on 10 000; MSE: up
+    to PLATEAU_MSE_TOL of the best MSE before."""
+    p, gain = 0.8, 0.02   # standard errors: 0.04 on 100 examples, 0.004 on 10 000
+    got = [plateau_diagnostics(curve({3: p, 4: p + gain}), 4, "accuracy", n) for n in (100, 10_000)]
+    assert [d["val_gain_last_quarter"] for d in got] == pytest.approx([gain, gain])
+    assert [d["plateau"] for d in got] == [1.0, 0.0]
     step = 0.01
-    for before, expect in ((1 - 2 * step / PLATEAU_TOL, 1.0), (1 - step / (2 * PLATEAU_TOL), 0.0)):
-        d = plateau_diagnostics(curve({3: before, 4: before + step}), 4, "accuracy")
-        assert d["val_gain_last_quarter"] == pytest.approx(step) and d["plateau"] == expect
-    for before, expect in ((2 * step / PLATEAU_TOL, 1.0), (step / (2 * PLATEAU_TOL), 0.0)):
-        d = plateau_diagnostics(curve({3: before, 4: before - step}, "mse"), 4, "mse")
+    for before, expect in ((2 * step / PLATEAU_MSE_TOL, 1.0), (step / (2 * PLATEAU_MSE_TOL), 0.0)):
+        d = plateau_diagnostics(curve({3: before, 4: before - step}, "mse"), 4, "mse", N_VAL)
         assert d["plateau"] == expect
 
 
 def test_undecidable_without_an_evaluation_on_each_side():
     for values in ({2: 0.5, 4: 0.6, 6: 0.7}, {7: 0.5, 8: 0.6}, {}):
-        d = plateau_diagnostics(curve(values), 8, "accuracy")
+        d = plateau_diagnostics(curve(values), 8, "accuracy", N_VAL)
         assert math.isnan(d["val_gain_last_quarter"]) and math.isnan(d["plateau"])
 
 
@@ -90,4 +96,4 @@ def test_default_profile_can_decide_the_plateau_of_every_run():
             assert any(e <= boundary for e in epochs) and any(e > boundary for e in epochs), (task, n, epochs)
             metric = TASK_METRIC[task]
             flat = curve({e: 0.9 if metric == "accuracy" else 0.1 for e in epochs}, metric)
-            assert plateau_diagnostics(flat, scaled["epochs"], metric)["plateau"] == 1.0
+            assert plateau_diagnostics(flat, scaled["epochs"], metric, N_VAL)["plateau"] == 1.0

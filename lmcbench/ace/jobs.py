@@ -193,7 +193,8 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
     if gam:   # final max |γ| (the constraint check of ace_equality)
         records.append({**diag, "split": "train", "metric": "max_abs_gamma",
                         "value": max(abs(float(g.detach())) for g in gam)})
-    for metric, value in plateau_diagnostics(result.curves, train["epochs"], TASK_METRIC[task_name]).items():
+    n_val = len(task.splits["val"][1])
+    for metric, value in plateau_diagnostics(result.curves, train["epochs"], TASK_METRIC[task_name], n_val).items():
         records.append({**diag, "split": "val", "metric": metric, "value": value})
     records.append({**keys, "eval": headline, "headline": True, "split": "train",
                     "metric": "train_seconds", "layer": "", "value": seconds})

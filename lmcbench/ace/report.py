@@ -1,6 +1,7 @@
 """ACE tables and figures, built from the per-job record files only (seaborn)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -11,18 +12,18 @@ TASK_METRIC = {"image": "accuracy", "nbody": "mse"}
 # per-run diagnostics (records of every run): the final max |γ| (is the equality constraint met?), the gain of
 # the best validation metric over the last quarter of the epochs and whether that gain makes a plateau
 DIAGNOSTICS = ("max_abs_gamma", "val_gain_last_quarter", "plateau")
-# A run is on its plateau when the last quarter of its epochs removed at most this fraction of the validation
-# error left before it (error: 1 − accuracy, or the MSE). Issue 11 asks that strict's validation accuracy "stops
-# improving over the last quarter of its epochs"; a tolerance relative to the error treats accuracy and MSE alike
-# (at 80 % accuracy it is 0.01 = 5 of 500 validation digits, half a binomial standard error) [inferred].
-PLATEAU_TOL = 0.05
+# A run is on its plateau when the best validation metric of the last quarter of its epochs improves on the best
+# before it by no more than the validation noise: one binomial standard error √(p(1 − p)/n) of the validation
+# accuracy (n validation examples), or, for an MSE (no per-example errors in the curve), PLATEAU_MSE_TOL of the
+# MSE itself. Issue 11: strict's validation accuracy "stops improving over the last quarter of its epochs" [inferred].
+PLATEAU_MSE_TOL = 0.05
 
 
-def plateau_diagnostics(curves: list[dict], epochs: int, metric: str) -> dict[str, float]:
+def plateau_diagnostics(curves: list[dict], epochs: int, metric: str, n_val: int) -> dict[str, float]:
     """{"val_gain_last_quarter": g, "plateau": 1.0 | 0.0} from a run's validation curve (dicts with epoch, split,
-    metric, value). g: how much the best validation metric of the last quarter of the epochs improved on the
-    best before it (accuracy: higher is better, MSE: lower; improvement positive); plateau: g ≤ PLATEAU_TOL ×
-    the validation error before the last quarter. Both NaN when no evaluation falls on one side of 0.75·epochs."""
+    metric, value) on `n_val` examples. g: how much the best validation metric of the last quarter of the epochs
+    improved on the best before it (accuracy: higher is better, MSE: lower; improvement positive); plateau: g
+    within the validation noise (see PLATEAU_MSE_TOL). Both NaN when no evaluation falls on one side of 0.75·epochs."""
     boundary = 0.75 * epochs
     vals = [(c["epoch"], c["value"]) for c in curves if c["split"] == "val" and c["metric"] == metric]
     before = [v for e, v in vals if e <= boundary]
@@ -30,10 +31,11 @@ def plateau_diagnostics(curves: list[dict], epochs: int, metric: str) -> dict[st
     if not before or not last:
         return {"val_gain_last_quarter": float("nan"), "plateau": float("nan")}
     if metric == "accuracy":
-        gain, error = max(last) - max(before), 1.0 - max(before)
+        gain, p = max(last) - max(before), max(before)
+        noise = math.sqrt(p * (1 - p) / n_val)
     else:
-        gain, error = min(before) - min(last), min(before)
-    return {"val_gain_last_quarter": gain, "plateau": float(gain <= PLATEAU_TOL * error)}
+        gain, noise = min(before) - min(last), PLATEAU_MSE_TOL * min(before)
+    return {"val_gain_last_quarter": gain, "plateau": float(gain <= noise)}
 
 
 def ace_tables(record_files, outputs, reference: str | Path) -> pd.DataFrame:
