@@ -53,7 +53,7 @@ rule ace_experiment:
     priority: 10
     resources:
         mem_mb=3000,
-        runtime=ACE.get("runtime", 60),
+        runtime=ACE["runtime"],
         gpu=0,
     script:
         "../scripts/ace_experiment.py"

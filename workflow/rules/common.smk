@@ -36,13 +36,10 @@ def dataset_cfg(model):
     return config["datasets"][config["models"][model]["dataset"]]
 
 
-_RESOURCE_DEFAULTS = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
-
-
 def resource(key, model=None):
-    """A resource for a rule: the model's override, else the profile default, else a built-in default."""
+    """A resource for a rule: the model's override, else the profile's `resources` (defaults: lmcbench/profiles/default.yaml)."""
     own = config["models"][model].get("resources", {}) if model else {}
-    return own.get(key, config.get("resources", {}).get(key, _RESOURCE_DEFAULTS[key]))
+    return own.get(key, config["resources"][key])
 
 
 def model_resource(key):

@@ -2,9 +2,9 @@
 # and three models to a universe; interpolate; tabulate; plot.
 
 GLMC = config["glmc"]
-GLMC_MODELS = GLMC.get("models") or list(config["models"])
-HETERO = GLMC.get("width_hetero", {"pairs": [], "methods": []})
-MULTI = GLMC.get("multi_model", {"models": [], "methods": []})
+GLMC_MODELS = GLMC["models"] or list(config["models"])   # null = all; every key read with [...] has its value in the default profile
+HETERO = GLMC["width_hetero"]
+MULTI = GLMC["multi_model"]
 NARROW_OF = {p["wide"]: p["narrow"] for p in HETERO["pairs"]}
 for _m in GLMC_MODELS + list(NARROW_OF) + list(NARROW_OF.values()) + MULTI["models"]:
     _require_model(_m, "a model named in glmc")
@@ -56,9 +56,9 @@ rule glmc_pairwise:
         experiment="pairwise",
         data_cfg=lambda wc: dataset_cfg(wc.model),
         barrier_cfg=lambda wc: barrier_cfg(wc.model),
-        matcher_cfg=lambda wc: matcher_cfg(GLMC.get("matchers", {}), wc.model, wc.method),
+        matcher_cfg=lambda wc: matcher_cfg(GLMC["matchers"], wc.model, wc.method),
         labels=pair_labels("pairwise"),
-        export=GLMC.get("export_aligned", False),
+        export=GLMC["export_aligned"],
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
@@ -83,7 +83,7 @@ rule glmc_width_hetero:
         experiment="width_hetero",
         data_cfg=lambda wc: dataset_cfg(wc.model),
         barrier_cfg=lambda wc: barrier_cfg(wc.model),
-        matcher_cfg=lambda wc: matcher_cfg(HETERO.get("matchers", GLMC.get("matchers", {})), wc.model, wc.method),
+        matcher_cfg=lambda wc: matcher_cfg(HETERO["matchers"], wc.model, wc.method),
         labels=pair_labels("width_hetero"),
         export=False,
     threads: model_resource("threads")
@@ -97,7 +97,7 @@ rule glmc_width_hetero:
 
 rule glmc_multi_model:
     input:
-        lambda wc: [checkpoint(wc.model, s) for s in model_seeds(wc.model)[: MULTI.get("n_models", 3)]],
+        lambda wc: [checkpoint(wc.model, s) for s in model_seeds(wc.model)[: MULTI["n_models"]]],
     output:
         barriers=f"{RESULTS}/glmc/multi_model/{{model}}/{{method}}/barriers.csv",
         surface=f"{RESULTS}/glmc/multi_model/{{model}}/{{method}}/surface.csv",
@@ -108,12 +108,12 @@ rule glmc_multi_model:
     params:
         data_cfg=lambda wc: dataset_cfg(wc.model),
         simplex_cfg={
-            "resolution": MULTI.get("resolution", 6),
-            "splits": MULTI.get("splits", ["test"]),
-            "max_examples": MULTI.get("max_examples"),
-            "batch_size": MULTI.get("batch_size", 128),
+            "resolution": MULTI["resolution"],
+            "splits": MULTI["splits"],
+            "max_examples": MULTI["max_examples"],
+            "batch_size": MULTI["batch_size"],
         },
-        matcher_cfg=MULTI.get("matcher", {}),
+        matcher_cfg=MULTI["matcher"],
         labels=pair_labels("multi_model"),
     threads: model_resource("threads")
     resources:

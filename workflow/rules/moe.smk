@@ -6,18 +6,18 @@
 # moe_full_model (beyond the paper): MoEs on independently trained backbones, whole-model alignment.
 from types import SimpleNamespace
 
-MOE = config.get("moe", {})
-MOE_MODELS = MOE.get("models", {})
+MOE = config["moe"]   # every key read with [...] has its value in the default profile (lmcbench/profiles)
+MOE_MODELS = MOE["models"]
 for _m in MOE_MODELS:
     _require_model(_m, "a model named in moe.models")
 
 
 def moe_setting(model, key):
     """A per-model override of moe.<key>, else the track-wide value."""
-    return MOE_MODELS[model].get(key, MOE.get(key))
+    return MOE_MODELS[model].get(key, MOE[key])
 
 
-MOE_VARIANTS = MOE.get("variants", {"paper": {}})
+MOE_VARIANTS = MOE["variants"]
 
 
 def moe_variant_setting(model, variant, key):
@@ -34,7 +34,7 @@ MOE_CONFIGS = [
     for n in moe_variant_setting(m, v, "n_experts")
     for p in moe_variant_setting(m, v, "placements")
 ]
-MOE_FULL = MOE.get("full_model", {"models": []})
+MOE_FULL = MOE["full_model"]
 for _m in MOE_FULL["models"]:
     _require_model(_m, "a model named in moe.full_model")
     if _m not in MOE_MODELS:
@@ -55,11 +55,11 @@ def moe_layer_cfg(wc, variant="paper"):
     return {
         "n_experts": int(wc.n_experts),
         "gating": wc.gating,
-        "k": MOE.get("k", 2),
-        "n_shared": MOE.get("n_shared", 1),
-        "hidden": MOE.get("hidden"),
-        "activation": MOE.get("activation", "gelu"),
-        "aux_loss_coef": MOE.get("aux_loss_coef", 0.0),
+        "k": MOE["k"],
+        "n_shared": MOE["n_shared"],
+        "hidden": MOE["hidden"],
+        "activation": MOE["activation"],
+        "aux_loss_coef": MOE["aux_loss_coef"],
         **MOE_VARIANTS.get(variant, {}).get("moe", {}),
         "placement": wc.placement,
     }
@@ -70,12 +70,12 @@ def moe_train_cfg(model, variant):
 
 
 def moe_barrier_cfg(model):
-    return {**barrier_cfg(model), **MOE.get("barrier", {}), **MOE_MODELS[model].get("barrier", {})}
+    return {**barrier_cfg(model), **MOE["barrier"], **MOE_MODELS[model].get("barrier", {})}
 
 
 rule moe_sweep:
     input:
-        lambda wc: checkpoint(wc.model, MOE.get("backbone_seed", 0)),
+        lambda wc: checkpoint(wc.model, MOE["backbone_seed"]),
     output:
         barriers=f"{RESULTS}/moe/sweep/{{model}}/{{variant}}/{{gating}}/n{{n_experts}}/{{placement}}/barriers.csv",
         curve=f"{RESULTS}/moe/sweep/{{model}}/{{variant}}/{{gating}}/n{{n_experts}}/{{placement}}/curve.csv",
@@ -89,13 +89,13 @@ rule moe_sweep:
         moe_cfg=lambda wc: moe_layer_cfg(wc, wc.variant),
         train_cfg=lambda wc: moe_train_cfg(wc.model, wc.variant),
         data_cfg=lambda wc: dataset_cfg(wc.model),
-        seeds=MOE.get("seeds", SEEDS),
+        seeds=MOE["seeds"],
         barrier_cfg=lambda wc: moe_barrier_cfg(wc.model),
         methods=MOE["methods"],
         options=MOE.get("options", {}),
-        max_orders=MOE.get("max_orders", 720),
-        train_backbone=MOE.get("train_backbone", False),
-        save_models=MOE.get("save_models", True),
+        max_orders=MOE["max_orders"],
+        train_backbone=MOE["train_backbone"],
+        save_models=MOE["save_models"],
         labels=lambda wc: {
             "track": "moe",
             "experiment": "sweep",
@@ -117,7 +117,7 @@ rule moe_sweep:
 
 rule moe_full_model:
     input:
-        lambda wc: [checkpoint(wc.model, s) for s in model_seeds(wc.model)[: MOE_FULL.get("n_models", 3)]],
+        lambda wc: [checkpoint(wc.model, s) for s in model_seeds(wc.model)[: MOE_FULL["n_models"]]],
     output:
         barriers=f"{RESULTS}/moe/full_model/{{model}}/barriers.csv",
         curve=f"{RESULTS}/moe/full_model/{{model}}/curve.csv",
@@ -128,9 +128,9 @@ rule moe_full_model:
     params:
         moe_cfg=lambda wc: moe_layer_cfg(
             SimpleNamespace(
-                n_experts=MOE_FULL.get("n_experts", 4),
-                gating=MOE_FULL.get("gating", "dense"),
-                placement=MOE_FULL.get("placement", "first"),
+                n_experts=MOE_FULL["n_experts"],
+                gating=MOE_FULL["gating"],
+                placement=MOE_FULL["placement"],
             )
         ),
         train_cfg=lambda wc: MOE_MODELS[wc.model]["train"],
@@ -144,9 +144,9 @@ rule moe_full_model:
             "variant": "paper",
             "model": wc.model,
             "dataset": dataset_cfg(wc.model)["name"],
-            "gating": MOE_FULL.get("gating", "dense"),
-            "n_experts": MOE_FULL.get("n_experts", 4),
-            "placement": MOE_FULL.get("placement", "first"),
+            "gating": MOE_FULL["gating"],
+            "n_experts": MOE_FULL["n_experts"],
+            "placement": MOE_FULL["placement"],
         },
     threads: model_resource("threads")
     resources:
