@@ -142,7 +142,7 @@ def bench_throughput(config: dict, models=("vit", "gpt2"), steps: int = 20, warm
         model_cfg = config["models"][name]
         data = load_dataset(config["datasets"][model_cfg["dataset"]])
         task = make_task(data, model_cfg)
-        batch = model_cfg["train"].get("batch_size", 32)
+        batch = TrainConfig.from_dict(model_cfg["train"]).batch_size   # TrainConfig holds the default
         elapsed = []
         for n in (warmup, warmup + steps):
             cfg = TrainConfig.from_dict({**model_cfg["train"], "steps": n, "eval_every": n + 1, "eval_examples": batch,
