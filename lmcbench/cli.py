@@ -2,6 +2,7 @@
 
   lmcbench train --config default --model vit --seed 0 --out results/models/vit/seed0
   lmcbench align A_DIR B_DIR --method learned_full --opt steps=150 --dataset mnist5k --out results/my_pair
+  lmcbench moe A_DIR B_DIR --method gate_wm --dataset mnist5k --out results/my_moe_pair
   lmcbench methods [--track moe_order] [--plugin my_methods.py]
   lmcbench config --profile paper [--key glmc.matchers]
   lmcbench compare results/tables tests/golden/smoke
@@ -84,6 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--log", help="append the log here instead of stderr")
+
+    p = sub.add_parser("moe", help="align MoE checkpoint B to A with an MoE-LMC expert-order method (and naive, the "
+                                   "reference of the ratios); write OUT/curve.csv, OUT/barriers.csv, OUT/ranks.csv")
+    p.add_argument("a", help="reference MoE checkpoint directory (λ = 1), e.g. a sweep's seed0/")
+    p.add_argument("b", help="MoE checkpoint directory to align (λ = 0)")
+    p.add_argument("--method", default="gate_wm", help="a registered moe_order method (`lmcbench methods --track moe_order`)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the method (repeatable; values read as YAML), checked as the workflow checks "
+                        "moe.options.<method>")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="load a plugin that registers methods first (repeatable; see README 'Add a method')")
+    p.add_argument("--dataset", required=True, help="dataset name for the barrier, e.g. mnist5k")
+    p.add_argument("--data-root", help="local path for datasets that are not shipped with a package")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="extra dataset options")
+    p.add_argument("--points", type=int, default=9, help="λ grid size")
+    p.add_argument("--splits", nargs="+", default=["test"])
+    p.add_argument("--max-examples", type=int, default=None, help="caps the train split; test is always whole")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--max-orders", type=int, default=720, help="evaluate all orders (best_order, ranks) up to this many")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--log", help="append the log here instead of stderr")
 
@@ -262,6 +284,19 @@ def _run(args, parser) -> int:
                               experiment=args.experiment,
                               export=args.experiment == "pairwise")
         print(table[["split", "metric", "barrier", "barrier_midpoint", "argmax_lambda"]].to_string(index=False))
+        return 0
+    if args.command == "moe":
+        from lmcbench import methods
+        from lmcbench.moe.jobs import moe_pair_job
+
+        options = methods.cli_options(args.opt)
+        methods.get("moe_order", args.method).parse(options, f"--opt (moe_order method {args.method})")
+        barrier_cfg = {"points": args.points, "splits": args.splits, "max_examples": args.max_examples,
+                       "batch_size": args.batch_size}
+        with job_context(args.log):
+            table = moe_pair_job(args.a, args.b, args.out, args.method, _dataset_cfg(args), barrier_cfg, options,
+                                 args.max_orders)
+        print(table[["method", "split", "metric", "barrier", "ratio_to_naive"]].to_string(index=False))
         return 0
     return 1
 

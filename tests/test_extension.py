@@ -140,7 +140,7 @@ def test_moe_plugin_reaches_tables_figures_and_the_listing(tmp_path, monkeypatch
                                                 "hidden": 16},
                   {"steps": 4, "batch_size": 16, "lr": 0.01, "eval_every": 2, "eval_examples": 32}, data_cfg("vit"),
                   [0, 1], {"points": 3, "splits": ["test"], "max_examples": 32, "batch_size": 64},
-                  MOE_OVERRIDE["moe"]["methods"], labels, save_models=False, options=MOE_OVERRIDE["moe"]["options"])
+                  MOE_OVERRIDE["moe"]["methods"], labels, options=MOE_OVERRIDE["moe"]["options"])
     tables = tmp_path / "tables"
     outputs = {name: tables / f"moe_{name}.csv"
                for name in ("barriers", "curves", "order_ranks", "summary", "vs_paper", "diagnostics", "testability")}
@@ -158,3 +158,12 @@ def test_moe_plugin_reaches_tables_figures_and_the_listing(tmp_path, monkeypatch
     assert main(["methods", "--track", "moe_order", "--plugin", MOE_PLUGIN]) == 0
     out = capsys.readouterr().out
     assert f"  {MOE_METHOD} " in out and "seed (int) = 0" in out
+    # the CLI twin of a sweep's pair 0-1: same method, same options, same barriers
+    pair = tmp_path / "pair"
+    assert main(["moe", str(tmp_path / "job" / "seed0"), str(tmp_path / "job" / "seed1"), "--method", MOE_METHOD,
+                 "--opt", "seed=3", "--plugin", MOE_PLUGIN, "--dataset", "mnist5k", "--points", "3",
+                 "--max-examples", "32", "--batch-size", "64", "--out", str(pair)]) == 0
+    ours = pd.read_csv(pair / "barriers.csv").set_index(["method", "split", "metric"])["barrier"]
+    sweep = barriers.query("seed_a == 0 and seed_b == 1").set_index(["method", "split", "metric"])["barrier"]
+    assert ours.index.get_level_values("method").unique().tolist() == ["naive", MOE_METHOD]
+    pd.testing.assert_series_equal(ours, sweep.loc[ours.index], rtol=1e-6)

@@ -109,6 +109,9 @@ def test_cli_opt_is_checked_as_the_workflow_checks_it(tmp_path, capsys, smoke):
     assert main(["align", "a", "b", "--method", "glmc_weight_matching", "--opt", "iterations=many",
                  "--dataset", "mnist5k", "--out", str(tmp_path)]) == 1
     assert "iterations = 'many': expected int" in capsys.readouterr().err
+    assert main(["moe", "a", "b", "--method", "gate_wm", "--opt", "seed=1", "--dataset", "mnist5k",
+                 "--out", str(tmp_path)]) == 1
+    assert "--opt (moe_order method gate_wm): unknown option seed; valid options: none" in capsys.readouterr().err
 
 
 def test_dispatch_goes_through_the_registry():

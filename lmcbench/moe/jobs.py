@@ -248,3 +248,26 @@ def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict,
     write_csv(pd.concat(histories, ignore_index=True), out_dir / "history.csv")
     write_json(out_dir / "provenance.json", {**provenance(job, seeds[0]), "run_id": rid, "timing": timing})
     return table
+
+
+def moe_pair_job(ckpt_a: str | Path, ckpt_b: str | Path, out_dir: str | Path, method: str, data_cfg: dict,
+                 barrier_cfg: dict, options: dict | None = None, max_orders: int = 720) -> pd.DataFrame:
+    """Two MoE checkpoints (e.g. a sweep's seed{s}/ folders) aligned by registered moe_order `method` with
+    `options` (checked like config moe.options.<method>), and naive as the reference of the ratios; writes
+    barriers.csv, curve.csv, ranks.csv and provenance.json into out_dir (`lmcbench moe`)."""
+    out_dir = Path(out_dir)
+    methods = list(dict.fromkeys(["naive", method]))
+    job = {"job": "moe_pair", "a": str(ckpt_a), "b": str(ckpt_b), "methods": methods, "options": options or {},
+           "data": data_cfg, "barrier": barrier_cfg, "max_orders": max_orders}
+    rid = run_id(job)
+    (model, info_a), (model_b, info_b) = load_model(ckpt_a), load_model(ckpt_b)
+    task = make_task(load_dataset(data_cfg), info_a["model"])
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in (model, model_b)]
+    keys = {"seed_a": info_a.get("seed"), "seed_b": info_b.get("seed"), "run_id": rid}
+    curves, table, ranks, _, _ = align_pair(model, task, *states, barrier_cfg, methods, max_orders, keys,
+                                            options={method: options or {}})
+    write_csv(curves, out_dir / "curve.csv")
+    write_csv(table, out_dir / "barriers.csv")
+    write_csv(ranks, out_dir / "ranks.csv")
+    write_json(out_dir / "provenance.json", {**provenance(job), "run_id": rid})
+    return table
