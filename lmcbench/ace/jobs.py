@@ -206,6 +206,17 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
     return records, traj, curves
 
 
+def experiment_methods(experiment: str, task_name: str, cfg: dict) -> list[str]:
+    """The registered methods an experiment trains on a task: its `methods` (dual_lr: its one `method`), less
+    those that do not apply to the task (a method's `tasks`: relaxed_conv is image-only)."""
+    from lmcbench.ace.baselines import TRACK
+    from lmcbench.methods import get
+
+    ecfg = cfg["experiments"][experiment]
+    names = [ecfg.get("method", "ace_equality")] if experiment == "dual_lr" else ecfg["methods"]
+    return [m for m in names if task_name in get(TRACK, m).obj.tasks]
+
+
 def experiment_runs(experiment: str, task_name: str, cfg: dict, nbody_files: dict | None = None,
                     tasks: dict | None = None, rid: str = "") -> tuple[list, list, list]:
     """Train every run of one ACE experiment on one task; return (records, trajectories, curves).
@@ -219,20 +230,17 @@ def experiment_runs(experiment: str, task_name: str, cfg: dict, nbody_files: dic
     tasks = {} if tasks is None else tasks
     runs = []   # (regime, n_train, noise, method, dual_lr override)
     n_default = cfg[task_name]["train"].get("n_train")
+    methods = experiment_methods(experiment, task_name, cfg)
     if experiment == "accuracy":
-        runs = [(symmetric, n_default, 0.0, m, None) for m in ecfg["methods"]]
+        runs = [(symmetric, n_default, 0.0, m, None) for m in methods]
     elif experiment == "sample_efficiency":
-        runs = [(symmetric, n, 0.0, m, None) for n in ecfg["n_train"] for m in ecfg["methods"]]
+        runs = [(symmetric, n, 0.0, m, None) for n in ecfg["n_train"] for m in methods]
     elif experiment == "partial_symmetry":
-        runs = [(partial, n_default, 0.0, m, None) for m in ecfg["methods"]]
+        runs = [(partial, n_default, 0.0, m, None) for m in methods]
     elif experiment == "robustness":
-        runs = [(symmetric, n_default, s, m, None) for s in ecfg["levels"][task_name] for m in ecfg["methods"]]
+        runs = [(symmetric, n_default, s, m, None) for s in ecfg["levels"][task_name] for m in methods]
     elif experiment == "dual_lr":
-        runs = [(symmetric, n_default, 0.0, ecfg.get("method", "ace_equality"), lr) for lr in ecfg["values"]]
-    from lmcbench.ace.baselines import TRACK
-    from lmcbench.methods import get
-
-    runs = [r for r in runs if task_name in get(TRACK, r[3]).obj.tasks]   # e.g. relaxed_conv: image only
+        runs = [(symmetric, n_default, 0.0, m, lr) for m in methods for lr in ecfg["values"]]
     records, trajs, curves = [], [], []
     for regime, n_train, noise, method, dual_lr in runs:
         key = (regime, n_train, noise)

@@ -10,6 +10,13 @@ ACE_NBODY = {v: f"{RESULTS}/ace/data/nbody_{v}.npz" for v in ("symmetric", "fiel
 ACE_RECORDS = [f"{RESULTS}/ace/{t}/records.csv" for t in ACE_TASKS]
 
 
+def ace_plan(wildcards):
+    """The registered methods each experiment trains on this task (plugins' too): the job's line in `snakemake -n`."""
+    from lmcbench.ace.jobs import experiment_methods
+
+    return "; ".join(f"{e}: {', '.join(experiment_methods(e, wildcards.ace_task, ACE))}" for e in ACE_EXPERIMENTS)
+
+
 wildcard_constraints:
     ace_task="image|nbody",
 
@@ -47,6 +54,9 @@ rule ace_experiment:
         cfg=ACE,
         nbody=ACE_NBODY,
         experiments=ACE_EXPERIMENTS,
+        plan=ace_plan,
+    message:
+        "rule ace_experiment ({wildcards.ace_task}) -> {output.records}; methods per experiment: {params.plan}"
     threads: resource("threads")  # ACE trains on the CPU (small models); more threads on bigger machines
     # the image job is the longest single job of the CPU profiles (~800 CPU-s in default, measured): start it
     # first so it runs beside the rest of the DAG instead of alone at the end
