@@ -23,6 +23,20 @@ PROFILE_HELP = ("a shipped profile's name (default, smoke, paper, gpu_check: `lm
                 "or a YAML path; merged over the default profile")
 
 
+def _method_options(args, track: str) -> dict:
+    """`--opt` pairs checked against the method's options class (as the workflow checks them), before any loading."""
+    from lmcbench import methods
+
+    options = methods.cli_options(args.opt)
+    methods.get(track, args.method).parse(options, f"--opt ({track} method {args.method})")
+    return options
+
+
+def _barrier_cfg(args) -> dict:
+    return {"points": args.points, "splits": args.splits, "max_examples": args.max_examples,
+            "batch_size": args.batch_size}
+
+
 def _dataset_cfg(args) -> dict:
     cfg = {"name": args.dataset}
     if args.data_root:
@@ -49,6 +63,27 @@ def _apply_numerics(args) -> None:
     numerics.apply(cfg)
 
 
+def _pair_arguments(p, track: str, method: str, config_key: str, points: int, batch_size: int) -> None:
+    """The arguments `align` and `moe` share: two checkpoints, one method of `track` with its options, the barrier."""
+    p.add_argument("a", help="reference checkpoint directory (λ = 1)")
+    p.add_argument("b", help="checkpoint directory to align (λ = 0)")
+    p.add_argument("--method", default=method, help=f"a registered {track} method (`lmcbench methods --track {track}`)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"an option of the method (repeatable; values read as YAML), checked as the workflow checks "
+                        f"{config_key}; unset options take the method's defaults (`lmcbench methods`)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="load a plugin that registers methods first (repeatable; see README 'Add a method')")
+    p.add_argument("--dataset", required=True, help="dataset name for the barrier, e.g. mnist5k, shakespeare, cifar10")
+    p.add_argument("--data-root", help="local path for datasets that are not shipped with a package")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="extra dataset options, e.g. tokenizer=char")
+    p.add_argument("--points", type=int, default=points, help="λ grid size")
+    p.add_argument("--splits", nargs="+", default=["test"])
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--log", help="append the log here instead of stderr")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmcbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,48 +101,17 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("align", help="align checkpoint B to A; write the aligned B (OUT/aligned_s*-s*/), "
                                      "the barrier curve (OUT/curve.csv) and barriers (OUT/barriers.csv)")
-    p.add_argument("a", help="reference checkpoint directory (λ = 1)")
-    p.add_argument("b", help="checkpoint directory to align (λ = 0)")
-    p.add_argument("--method", default="vanilla", help="a registered glmc method (see `lmcbench methods --track glmc`)")
-    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the method (repeatable; values read as YAML), checked as the workflow checks "
-                        "glmc.matchers.<method>; unset options take the method's defaults (`lmcbench methods`)")
+    _pair_arguments(p, "glmc", "vanilla", "glmc.matchers.<method>", points=11, batch_size=128)
     p.add_argument("--experiment", choices=["pairwise", "width_hetero"], default="pairwise",
                    help="pairwise: A and B share one architecture; width_hetero: B is narrower and is embedded "
                         "into A's width first (GLMC §5; no aligned checkpoint is exported)")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
-                   help="load a plugin that registers methods first (repeatable; see README 'Add a method')")
-    p.add_argument("--dataset", required=True, help="dataset name for the barrier, e.g. mnist5k, shakespeare, cifar10")
-    p.add_argument("--data-root", help="local path for datasets that are not shipped with a package")
-    p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="extra dataset options, e.g. tokenizer=char")
-    p.add_argument("--points", type=int, default=11, help="λ grid size")
-    p.add_argument("--splits", nargs="+", default=["test"])
-    p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--log", help="append the log here instead of stderr")
 
-    p = sub.add_parser("moe", help="align MoE checkpoint B to A with an MoE-LMC expert-order method (and naive, the "
-                                   "reference of the ratios); write OUT/curve.csv, OUT/barriers.csv, OUT/ranks.csv")
-    p.add_argument("a", help="reference MoE checkpoint directory (λ = 1), e.g. a sweep's seed0/")
-    p.add_argument("b", help="MoE checkpoint directory to align (λ = 0)")
-    p.add_argument("--method", default="gate_wm", help="a registered moe_order method (`lmcbench methods --track moe_order`)")
-    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the method (repeatable; values read as YAML), checked as the workflow checks "
-                        "moe.options.<method>")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
-                   help="load a plugin that registers methods first (repeatable; see README 'Add a method')")
-    p.add_argument("--dataset", required=True, help="dataset name for the barrier, e.g. mnist5k")
-    p.add_argument("--data-root", help="local path for datasets that are not shipped with a package")
-    p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="extra dataset options")
-    p.add_argument("--points", type=int, default=9, help="λ grid size")
-    p.add_argument("--splits", nargs="+", default=["test"])
-    p.add_argument("--max-examples", type=int, default=None, help="caps the train split; test is always whole")
-    p.add_argument("--batch-size", type=int, default=250)
+    p = sub.add_parser("moe", help="align MoE checkpoint B (e.g. a sweep's seed1/) to A with an MoE-LMC expert-order "
+                                   "method and naive, the reference of the ratios; write OUT/curve.csv, "
+                                   "OUT/barriers.csv, OUT/ranks.csv")
+    _pair_arguments(p, "moe_order", "gate_wm", "moe.options.<method>", points=9, batch_size=250)
     p.add_argument("--max-orders", type=int, default=720, help="evaluate all orders (best_order, ranks) up to this many")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--log", help="append the log here instead of stderr")
 
     p = sub.add_parser("compare", help="compare a run's CSV tables with reference ones (byte for byte unless "
                                        "--rtol/--atol); one line per difference, exit 1 on any")
@@ -271,28 +275,19 @@ def _run(args, parser) -> int:
             train_job(args.out, args.model, model_cfg, config["datasets"][model_cfg["dataset"]], args.seed)
         return 0
     if args.command == "align":
-        from lmcbench import methods
         from lmcbench.jobs import pairs_job
 
-        options = methods.cli_options(args.opt)
-        methods.get("glmc", args.method).parse(options, f"--opt (glmc method {args.method})")  # before any loading
-        barrier_cfg = {"points": args.points, "splits": args.splits, "max_examples": args.max_examples,
-                       "batch_size": args.batch_size}
+        options, barrier_cfg = _method_options(args, "glmc"), _barrier_cfg(args)
         with job_context(args.log):
             table = pairs_job([(args.a, args.b)], args.out, args.method, _dataset_cfg(args), barrier_cfg,
                               matcher_cfg=options, labels={"experiment": args.experiment}, seed=args.seed,
-                              experiment=args.experiment,
-                              export=args.experiment == "pairwise")
+                              experiment=args.experiment, export=args.experiment == "pairwise")
         print(table[["split", "metric", "barrier", "barrier_midpoint", "argmax_lambda"]].to_string(index=False))
         return 0
     if args.command == "moe":
-        from lmcbench import methods
         from lmcbench.moe.jobs import moe_pair_job
 
-        options = methods.cli_options(args.opt)
-        methods.get("moe_order", args.method).parse(options, f"--opt (moe_order method {args.method})")
-        barrier_cfg = {"points": args.points, "splits": args.splits, "max_examples": args.max_examples,
-                       "batch_size": args.batch_size}
+        options, barrier_cfg = _method_options(args, "moe_order"), _barrier_cfg(args)
         with job_context(args.log):
             table = moe_pair_job(args.a, args.b, args.out, args.method, _dataset_cfg(args), barrier_cfg, options,
                                  args.max_orders)
