@@ -69,8 +69,10 @@ def test_installed_package_is_the_wheel_copy_with_its_data(installed):
 
 
 @pytest.mark.slow   # shares the ~20 s install; CI runs slow tests
-def test_installed_cli_checks_a_shipped_profile(installed):
+def test_installed_cli_lists_methods_and_checks_a_shipped_profile(installed):
     bin_dir, elsewhere = installed
+    out = _run([bin_dir / "lmcbench", "methods"], cwd=elsewhere).stdout
+    assert "glmc_weight_matching" in out and "ace_equality" in out
     out = _run([bin_dir / "lmcbench", "config", "--profile", "smoke", "--key", "profile"], cwd=elsewhere).stdout
     assert yaml.safe_load(out) == "smoke"
 
