@@ -3,6 +3,7 @@
   lmcbench train --config default --model vit --seed 0 --out results/models/vit/seed0
   lmcbench align A_DIR B_DIR --method learned_full --opt steps=150 --dataset mnist5k --out results/my_pair
   lmcbench moe A_DIR B_DIR --method gate_wm --dataset mnist5k --out results/my_moe_pair
+  lmcbench ace --config smoke --task nbody --method ace_eps --opt eps=0.1 --out results/my_ace
   lmcbench methods [--track moe_order] [--plugin my_methods.py]
   lmcbench config --profile paper [--key glmc.matchers]
   lmcbench compare results/tables tests/golden/smoke
@@ -112,6 +113,20 @@ def main(argv: list[str] | None = None) -> int:
                                    "OUT/barriers.csv, OUT/ranks.csv")
     _pair_arguments(p, "moe_order", "gate_wm", "moe.options.<method>", points=9, batch_size=250)
     p.add_argument("--max-orders", type=int, default=720, help="evaluate all orders (best_order, ranks) up to this many")
+
+    p = sub.add_parser("ace", help="train one ACE method on one task of a profile (its accuracy setting, symmetric "
+                                   "data) and evaluate it; write OUT/records.csv, trajectories.csv, curves.csv")
+    p.add_argument("--config", default="default", help=PROFILE_HELP)
+    p.add_argument("--task", choices=["image", "nbody"], required=True)
+    p.add_argument("--method", default="ace_equality", help="a registered ace method (`lmcbench methods --track ace`)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the method (repeatable; values read as YAML) over the profile's "
+                        "ace.options.<method>, checked as the workflow checks it; unset options take the defaults")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="load a plugin that registers methods first (repeatable; see README 'Add a method')")
+    p.add_argument("--seed", type=int, action="append", help="a seed (repeatable; default: the profile's ace.seeds)")
+    p.add_argument("--out", required=True, help="output directory (N-body data are simulated into OUT/data)")
+    p.add_argument("--log", help="append the log here instead of stderr")
 
     p = sub.add_parser("compare", help="compare a run's CSV tables with reference ones (byte for byte unless "
                                        "--rtol/--atol); one line per difference, exit 1 on any")
@@ -292,6 +307,24 @@ def _run(args, parser) -> int:
             table = moe_pair_job(args.a, args.b, args.out, args.method, _dataset_cfg(args), barrier_cfg, options,
                                  args.max_orders)
         print(table[["method", "split", "metric", "barrier", "ratio_to_naive"]].to_string(index=False))
+        return 0
+    if args.command == "ace":
+        from lmcbench import methods
+        from lmcbench.ace.jobs import nbody_data_job, task_job
+        from lmcbench.config import load_profile
+
+        ace = load_profile(args.config)["ace"]
+        options = {**ace.get("options", {}).get(args.method, {}), **methods.cli_options(args.opt)}
+        methods.get("ace", args.method).parse(options, f"--opt (ace method {args.method})")   # before any job
+        ace = {**ace, "options": {args.method: options},
+               "experiments": {"accuracy": {"methods": [args.method], "seeds": args.seed or ace["seeds"]}}}
+        nbody = {v: Path(args.out) / "data" / f"nbody_{v}.npz" for v in ("symmetric", "field")}
+        with job_context(args.log):
+            if args.task == "nbody":
+                nbody_data_job(nbody, ace)
+            table = task_job(args.task, ace, args.out, nbody if args.task == "nbody" else None)
+        head = table[table["headline"] & (table["split"] == "test") & table["layer"].fillna("").isin(["", "output"])]
+        print(head[["method", "seed", "eval", "metric", "value"]].to_string(index=False))
         return 0
     return 1
 

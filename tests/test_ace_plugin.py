@@ -84,3 +84,20 @@ def test_plugin_method_trains_and_reaches_tables_figures_and_listing(tmp_path, m
     assert main(["methods", "--track", "ace", "--plugin", PLUGIN]) == 0
     listing = capsys.readouterr().out
     assert METHOD in listing and "warmup" in listing
+
+
+def test_cli_trains_the_plugin_method_with_checked_options(tmp_path, monkeypatch, capsys, registry):  # noqa: F811
+    import json
+
+    from lmcbench.cli import main
+
+    monkeypatch.chdir(ROOT)
+    args = ["ace", "--config", "smoke", "--task", "nbody", "--method", METHOD, "--plugin", PLUGIN, "--out", str(tmp_path)]
+    assert main([*args, "--opt", "warmup=fast"]) == 1                # wrong type: refused before any job
+    assert "warmup = 'fast': expected float" in capsys.readouterr().err and not (tmp_path / "data").exists()
+    assert main([*args, "--opt", "warmup=0.25"]) == 0
+    assert METHOD in capsys.readouterr().out
+    records = pd.read_csv(tmp_path / "records.csv")
+    assert set(records["method"]) == {METHOD} and {"mse", "equiv_err"} <= set(records["metric"])
+    job = json.loads((tmp_path / "provenance.json").read_text())
+    assert json.dumps(job).count('"warmup": 0.25') == 1               # the option the run was given
