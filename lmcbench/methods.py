@@ -8,9 +8,9 @@ error that lists the valid ones instead of a silent default.
 
 Tracks (what a registered object is, per track; `TRACKS` says where a config names them):
   glmc        pairwise matcher `(model_a, model_b, MatchContext) -> Alignment`     (lmcbench.matchers)
-  glmc_multi  multi-model alignment of N models to a common universe               (lmcbench.matchers.universe)
-  moe_order   MoE Step-1 expert order, followed by Step 2 in every layer           (lmcbench.moe.matching)
-  moe_full    full-model alignment of an MoE model (backbone and MoE layers)       (lmcbench.moe.full_model)
+  glmc_multi  `(models, options, MatchContext) -> (template, states, info)`        (lmcbench.matchers.universe)
+  moe_order   `ExpertOrder`: τ of one MoE layer, Step 2 follows (`order_method`)   (lmcbench.moe.matching)
+  moe_full    `(spec, state_a, state_b, options, seed) -> aligned B state`         (lmcbench.moe.full_model)
   ace         ACE training method: hooks on the one training loop                  (lmcbench.ace.baselines)
 
 Where methods come from: the built-in modules above, the entry points of group `lmcbench.methods`
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import yaml
+
 
 @dataclass(frozen=True)
 class Track:
