@@ -229,12 +229,12 @@ def envelope_report(traj: np.ndarray, windows: int = 8, tol: float = 1e-3) -> tu
 
 
 def gamma_settings(profile: str, task: str = "image") -> dict:
-    from lmcbench.ace.baselines import method
+    from lmcbench.ace.baselines import TrainSettings, method
 
     ace = effective_ace(profile)
-    train = ace[task]["train"]
-    dual = method("ace_equality", ace.get("options", {}).get("ace_equality")).options   # defaults filled in
-    return {"kind": train.get("gamma_optimizer", "curvature"), "gamma_lr": train.get("gamma_lr", train["lr"]),
+    train = TrainSettings.of(ace[task]["train"])                                        # defaults filled in
+    dual = method("ace_equality", ace.get("options", {}).get("ace_equality")).options
+    return {"kind": train.gamma_optimizer, "gamma_lr": train.gamma_lr if train.gamma_lr is not None else train.lr,
             "dual_lr": dual.dual_lr, "dual": dual.dual_optimizer, "aug_lag": dual.aug_lag}
 
 
@@ -271,7 +271,7 @@ def test_plain_gamma_sgd_oscillates_on_convex_toy():
 def _image_gamma_trajectory(st: dict, epochs: int = 6) -> np.ndarray:
     """ace_equality γ trajectory [steps, layers] of a tiny real steerable CNN on rotated mnist5k digits."""
     pytest.importorskip("escnn")
-    from lmcbench.ace.baselines import method
+    from lmcbench.ace.baselines import TrainSettings, method
     from lmcbench.ace.jobs import ImageTask
     from lmcbench.ace.models import SteerableCNN
 
@@ -280,8 +280,8 @@ def _image_gamma_trajectory(st: dict, epochs: int = 6) -> np.ndarray:
     task = ImageTask(MNIST_CFG, "rotated", 256, eval_examples=32)
     torch.manual_seed(0)
     model = SteerableCNN("C", 4, (2, 4), 3, mixed=True)
-    train = {"epochs": epochs, "batch_size": 32, "lr": 0.01, "gamma_lr": st["gamma_lr"],
-             "gamma_optimizer": st["kind"], "eval_every": epochs}
+    train = TrainSettings(epochs=epochs, batch_size=32, lr=0.01, gamma_lr=st["gamma_lr"], gamma_optimizer=st["kind"],
+                          eval_every=epochs)
     trainer = method("ace_equality", {"dual_lr": st["dual_lr"], "dual_optimizer": st["dual"], "aug_lag": st["aug_lag"]})
     res = trainer.fit(model, task, train, seed=0, log_every=1)
     import pandas as pd

@@ -72,13 +72,31 @@ def evaluation_form(model, ev: str, train_inputs: tuple, restore: bool = True):
                 model.load_state_dict(saved, strict=False)
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """A task's ACE training settings (`ace.<task>.train`, checked by the schema), with their defaults."""
+    epochs: int
+    batch_size: int
+    lr: float
+    gamma_lr: float | None = None         # step of the γ scalars; None: lr
+    gamma_optimizer: Literal["curvature", "adam", "sgd"] = "curvature"   # constrained.gamma_optimizer
+    lr_decay: Literal["cosine", "constant"] = "cosine"   # θ (and γ) learning rate: cosine to 0 over the run
+    n_train: int | None = None            # training examples; None: the whole training split
+    eval_examples: int | None = None      # val/test examples; None: the whole splits
+    eval_every: int = 1                   # epochs between validation-curve points (and at the last)
+
+    @classmethod
+    def of(cls, train: dict, where: str = "ace.<task>.train") -> "TrainSettings":
+        return methods.parse_options(cls, train, where)
+
+
 @dataclass
 class Run:
     """What one training run's hooks see: the model, task and training settings, the step count, the
     random generator of batches and sampled group elements, the γ scalars and their optimiser."""
     model: torch.nn.Module
     task: object
-    train: dict
+    train: TrainSettings
     total: int
     steps_per_epoch: int
     gen: torch.Generator
@@ -142,7 +160,7 @@ class AceMethod(Hooks):
                                               lam.get(name, float("nan")), "u": slack.get(name, float("nan"))})
         if step % run.steps_per_epoch == 0:
             epoch = step // run.steps_per_epoch
-            if epoch % run.train.get("eval_every", 1) == 0 or epoch == run.train["epochs"]:
+            if epoch % run.train.eval_every == 0 or epoch == run.train.epochs:
                 # validation curves: BN statistics (branch off) from the first CURVE_BN_EXAMPLES training examples
                 bn_inputs = tuple(t[:CURVE_BN_EXAMPLES] for t in run.task.splits["train"][0])
                 with evaluation_form(model, self.headline_eval, bn_inputs):
@@ -152,22 +170,22 @@ class AceMethod(Hooks):
         return False
 
     # ------------------------------------------------------------------ the run
-    def fit(self, model, task, train: dict, seed: int, log_every: int = 5) -> FitResult:
+    def fit(self, model, task, train: TrainSettings, seed: int, log_every: int = 5) -> FitResult:
         """Train `model` on `task` with this method on `lmcbench.training.run_steps`; returns γ/λ trajectories
         and validation curves of the headline form."""
         gen = torch.Generator().manual_seed(seed)
         gam = gamma_parameters(model)
         gam_ids = {id(p) for p in gam}
         theta = [p for p in model.parameters() if id(p) not in gam_ids]
-        steps_per_epoch = math.ceil(task.n_train / train["batch_size"])
-        total = train["epochs"] * steps_per_epoch
-        optimizers, curvature = [torch.optim.Adam(theta, lr=train["lr"])], None
+        steps_per_epoch = math.ceil(task.n_train / train.batch_size)
+        total = train.epochs * steps_per_epoch
+        optimizers, curvature = [torch.optim.Adam(theta, lr=train.lr)], None
         learn_gamma = bool(gam) and self.learns_gamma
         if learn_gamma:
-            gopt, curvature = gamma_optimizer(train.get("gamma_optimizer", "curvature"), gam,
-                                              train.get("gamma_lr", train["lr"]))
+            gopt, curvature = gamma_optimizer(train.gamma_optimizer, gam,
+                                              train.gamma_lr if train.gamma_lr is not None else train.lr)
             optimizers.append(gopt)
-        cosine = train.get("lr_decay", "cosine") == "cosine"
+        cosine = train.lr_decay == "cosine"
         scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
                   for o in optimizers if cosine and not (curvature is not None and o is curvature.optimizer)]
         for p in gam:
@@ -175,7 +193,7 @@ class AceMethod(Hooks):
         run = Run(model, task, train, total, steps_per_epoch, gen, log_every, optimizers, curvature, cosine)
         self.setup(run)
         # epochs of shuffled batches, each epoch's order drawn from `gen` when the epoch starts
-        batches = itertools.chain.from_iterable(task.batches(train["batch_size"], gen) for _ in range(train["epochs"]))
+        batches = itertools.chain.from_iterable(task.batches(train.batch_size, gen) for _ in range(train.epochs))
 
         def objective(model, batch):
             inputs, target = batch

@@ -15,6 +15,7 @@ headline, split, metric, layer, value, run_id.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -146,13 +147,19 @@ class NBodyTask:
 
 
 # --------------------------------------------------------------------------- one run
+def train_settings(cfg: dict, task: str):
+    """`ace.<task>.train` as typed settings, defaults filled in (lmcbench.ace.baselines.TrainSettings)."""
+    from lmcbench.ace.baselines import TrainSettings
+
+    return TrainSettings.of(cfg[task]["train"], f"ace.{task}.train")
+
+
 def _make_task(task: str, cfg: dict, regime: str, n_train, noise: float, nbody_files: dict):
-    tcfg = cfg[task]
+    tcfg, eval_examples = cfg[task], train_settings(cfg, task).eval_examples
     if task == "image":
         arch = tcfg["arch"]
-        return ImageTask(tcfg["data"], regime, n_train, noise, arch.get("group", "C"), arch["N"],
-                         tcfg["train"].get("eval_examples"))
-    return NBodyTask(nbody_files[regime], regime, n_train, noise, tcfg["train"].get("eval_examples"))
+        return ImageTask(tcfg["data"], regime, n_train, noise, arch.get("group", "C"), arch["N"], eval_examples)
+    return NBodyTask(nbody_files[regime], regime, n_train, noise, eval_examples)
 
 
 def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict, overrides: dict | None = None):
@@ -164,11 +171,11 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
     from lmcbench.ace.layers import gamma_parameters
     from lmcbench.ace.models import build_image_model, build_nbody_model
 
-    tcfg = cfg[task_name]
-    n_default = tcfg["train"].get("n_train") or task.n_train
+    tcfg, base = cfg[task_name], train_settings(cfg, task_name)
+    n_default = base.n_train or task.n_train
     factor = max(1.0, n_default / task.n_train)   # evaluations keep the default's count too
-    train = {**tcfg["train"], "epochs": math.ceil(tcfg["train"]["epochs"] * factor),
-             "eval_every": max(1, round(tcfg["train"].get("eval_every", 1) * factor))}
+    train = dataclasses.replace(base, epochs=math.ceil(base.epochs * factor),
+                                eval_every=max(1, round(base.eval_every * factor)))
     seed_everything(seed)
     trainer = make_method(method, cfg.get("options", {}).get(method), **(overrides or {}))
     build = build_image_model if task_name == "image" else build_nbody_model
@@ -194,7 +201,7 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
         records.append({**diag, "split": "train", "metric": "max_abs_gamma",
                         "value": max(abs(float(g.detach())) for g in gam)})
     n_val = len(task.splits["val"][1])
-    for metric, value in plateau_diagnostics(result.curves, train["epochs"], TASK_METRIC[task_name], n_val).items():
+    for metric, value in plateau_diagnostics(result.curves, train.epochs, TASK_METRIC[task_name], n_val).items():
         records.append({**diag, "split": "val", "metric": metric, "value": value})
     records.append({**keys, "eval": headline, "headline": True, "split": "train",
                     "metric": "train_seconds", "layer": "", "value": seconds})
@@ -229,7 +236,7 @@ def experiment_runs(experiment: str, task_name: str, cfg: dict, nbody_files: dic
     partial = "upright" if task_name == "image" else "field"
     tasks = {} if tasks is None else tasks
     runs = []   # (regime, n_train, noise, method, dual_lr override)
-    n_default = cfg[task_name]["train"].get("n_train")
+    n_default = train_settings(cfg, task_name).n_train
     methods = experiment_methods(experiment, task_name, cfg)
     if experiment == "accuracy":
         runs = [(symmetric, n_default, 0.0, m, None) for m in methods]
