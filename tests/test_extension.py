@@ -16,6 +16,10 @@ from test_workflow import ROOT, _copy_workflow, snakemake
 
 PLUGIN = "workflow/plugins/glmc_wm_one_round.py"
 METHOD = "glmc_wm_one_round"
+MOE_PLUGIN = "workflow/plugins/moe_random_order.py"
+MOE_METHOD = "random_order"
+MOE_OVERRIDE = {"plugins": [MOE_PLUGIN], "moe": {"methods": ["naive", "gate_wm", MOE_METHOD, "best_order"],
+                                                 "options": {MOE_METHOD: {"seed": 3}}}}
 ONLY_VIT = {  # smoke profile, pairwise GLMC on the ViT only: the smallest DAG that ends in the tables
     "plugins": [PLUGIN],
     "glmc": {"methods": ["vanilla", METHOD], "models": ["vit"],
@@ -68,11 +72,14 @@ def test_unregistered_method_fails_before_any_job(tmp_path):
     assert not (tmp_path / "results" / "models").exists()
 
 
-def test_dry_run_schedules_the_plugin_method(tmp_path):
+def test_dry_run_schedules_the_plugin_methods(tmp_path):
+    """Both worked examples (GLMC and MoE) in one dry run: checked and scheduled."""
     _copy_workflow(tmp_path)
-    result = snakemake("-n", "--cores", "2", *_config(tmp_path, ONLY_VIT), cwd=tmp_path)
+    override = {**ONLY_VIT, "plugins": [PLUGIN, MOE_PLUGIN], "moe": MOE_OVERRIDE["moe"]}
+    result = snakemake("-n", "--cores", "2", *_config(tmp_path, override), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"results/glmc/pairwise/vit/{METHOD}/barriers.csv" in result.stdout
+    assert "moe_sweep" in result.stdout and "moe_tables" in result.stdout   # the sweep jobs run moe.methods
 
 
 @pytest.mark.slow
@@ -103,22 +110,15 @@ def test_cli_lists_a_plugin_matcher(capsys, monkeypatch, registry):
 
 
 # ------------------------------------------------------------------------------------ an MoE ordering method
-MOE_PLUGIN = "workflow/plugins/moe_random_order.py"
-MOE_METHOD = "random_order"
-MOE_OVERRIDE = {"plugins": [MOE_PLUGIN], "moe": {"methods": ["naive", "gate_wm", MOE_METHOD, "best_order"],
-                                                 "options": {MOE_METHOD: {"seed": 3}}}}
 
 
-def test_moe_plugin_is_checked_and_scheduled_by_a_dry_run(tmp_path, monkeypatch, registry):
+def test_moe_method_needs_its_plugin(monkeypatch, registry):
     monkeypatch.chdir(ROOT)
     config = load_profile("smoke")
-    without_plugin = {**config, "moe": {**config["moe"], "methods": MOE_OVERRIDE["moe"]["methods"]}}
+    moe = {**config["moe"], **MOE_OVERRIDE["moe"]}
     with pytest.raises(ConfigError, match=f"moe.methods: {MOE_METHOD} is not registered; registered moe_order"):
-        check_config(without_plugin)
-    _copy_workflow(tmp_path)
-    result = snakemake("-n", "--cores", "2", *_config(tmp_path, MOE_OVERRIDE), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "moe_sweep" in result.stdout and "moe_tables" in result.stdout
+        check_config({**config, "moe": moe})
+    check_config({**config, "moe": moe, "plugins": [MOE_PLUGIN]})
 
 
 def test_moe_plugin_reaches_tables_figures_and_the_listing(tmp_path, monkeypatch, capsys, registry, datasets):
