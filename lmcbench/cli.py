@@ -64,8 +64,16 @@ def _apply_numerics(args) -> None:
     numerics.apply(cfg)
 
 
-def _pair_arguments(p, track: str, method: str, config_key: str, points: int, batch_size: int) -> None:
-    """The arguments `align` and `moe` share: two checkpoints, one method of `track` with its options, the barrier."""
+def _default_profile() -> dict:
+    """The default profile, read (not checked): the CLI's defaults for config keys are its values."""
+    from lmcbench.config import DEFAULT_PROFILE
+
+    return yaml.safe_load(DEFAULT_PROFILE.read_text())
+
+
+def _pair_arguments(p, track: str, method: str, config_key: str, barrier: dict) -> None:
+    """The arguments `align` and `moe` share: two checkpoints, one method of `track` with its options, the barrier
+    (defaults: `barrier`, the workflow's barrier block of the track in the default profile)."""
     p.add_argument("a", help="reference checkpoint directory (λ = 1)")
     p.add_argument("b", help="checkpoint directory to align (λ = 0)")
     p.add_argument("--method", default=method, help=f"a registered {track} method (`lmcbench methods --track {track}`)")
@@ -77,10 +85,10 @@ def _pair_arguments(p, track: str, method: str, config_key: str, points: int, ba
     p.add_argument("--dataset", required=True, help="dataset name for the barrier, e.g. mnist5k, shakespeare, cifar10")
     p.add_argument("--data-root", help="local path for datasets that are not shipped with a package")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="extra dataset options, e.g. tokenizer=char")
-    p.add_argument("--points", type=int, default=points, help="λ grid size")
-    p.add_argument("--splits", nargs="+", default=["test"])
-    p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--points", type=int, default=barrier["points"], help="λ grid size (default: %(default)s)")
+    p.add_argument("--splits", nargs="+", default=barrier["splits"], help="(default: %(default)s)")
+    p.add_argument("--max-examples", type=int, default=barrier["max_examples"], help="per split (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=barrier["batch_size"], help="(default: %(default)s)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--log", help="append the log here instead of stderr")
 
@@ -102,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("align", help="align checkpoint B to A; write the aligned B (OUT/aligned_s*-s*/), "
                                      "the barrier curve (OUT/curve.csv) and barriers (OUT/barriers.csv)")
-    _pair_arguments(p, "glmc", "vanilla", "glmc.matchers.<method>", points=11, batch_size=128)
+    defaults = _default_profile()
+    _pair_arguments(p, "glmc", "vanilla", "glmc.matchers.<method>", defaults["barrier"])
     p.add_argument("--experiment", choices=["pairwise", "width_hetero"], default="pairwise",
                    help="pairwise: A and B share one architecture; width_hetero: B is narrower and is embedded "
                         "into A's width first (GLMC §5; no aligned checkpoint is exported)")
@@ -111,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("moe", help="align MoE checkpoint B (e.g. a sweep's seed1/) to A with an MoE-LMC expert-order "
                                    "method and naive, the reference of the ratios; write OUT/curve.csv, "
                                    "OUT/barriers.csv, OUT/ranks.csv")
-    _pair_arguments(p, "moe_order", "gate_wm", "moe.options.<method>", points=9, batch_size=250)
-    p.add_argument("--max-orders", type=int, default=720, help="evaluate all orders (best_order, ranks) up to this many")
+    _pair_arguments(p, "moe_order", "gate_wm", "moe.options.<method>", {**defaults["barrier"], **defaults["moe"]["barrier"]})
+    p.add_argument("--max-orders", type=int, default=defaults["moe"]["max_orders"],
+                   help="evaluate all orders (best_order, ranks) up to this many (default: %(default)s)")
 
     p = sub.add_parser("ace", help="train one ACE method on one task of a profile (its accuracy setting, symmetric "
                                    "data) and evaluate it; write OUT/records.csv, trajectories.csv, curves.csv")

@@ -64,3 +64,30 @@ def test_every_key_the_rules_read_is_in_the_effective_profile(profile):
                     break
                 node = node[key]
     assert not missing, f"profile {profile}: the rules read keys the effective config lacks: {missing}"
+
+
+@pytest.mark.parametrize("command, job, block", [("align", "lmcbench.jobs.pairs_job", ("barrier",)),
+                                                 ("moe", "lmcbench.moe.jobs.moe_pair_job", ("barrier", "moe.barrier"))])
+def test_cli_barrier_defaults_are_the_default_profiles(command, job, block, monkeypatch, tmp_path):
+    """`lmcbench align` / `moe` without barrier flags evaluate the barrier as the workflow's default profile does."""
+    import importlib
+
+    from lmcbench.cli import main
+
+    seen = []
+
+    def job_stub(*args, **kwargs):   # the barrier block is the job's 5th (align) or 6th (moe) argument
+        seen.append(args[4] if command == "align" else args[5])
+        raise RuntimeError("stub: no job")
+
+    module, name = job.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), name, job_stub)
+    assert main([command, "a", "b", "--dataset", "mnist5k", "--out", str(tmp_path)]) == 1   # the stub's error
+    default = effective("default")
+    want = {}
+    for path in block:
+        node = default
+        for key in path.split("."):
+            node = node[key]
+        want.update(node)
+    assert seen == [{k: want[k] for k in ("points", "splits", "max_examples", "batch_size")}]
