@@ -5,12 +5,14 @@ The key property of an exported alignment: the aligned checkpoint of B, loaded w
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from conftest import data_cfg, model_cfg
 from lmcbench.checkpoints import load_model
@@ -40,6 +42,9 @@ def test_align_writes_curve_and_an_aligned_checkpoint_that_computes_b(vit_pair, 
     curve, barriers = pd.read_csv(out / "curve.csv"), pd.read_csv(out / "barriers.csv")
     assert sorted(curve["lambda"].unique()) == [0.0, 0.5, 1.0]
     assert set(barriers["metric"]) == {"loss", "accuracy"} and (barriers["method"] == method).all()
+    given = dict(o.split("=") for o in opts[1::2])   # the --opt values reached the job (as YAML: 2, perm)
+    assert json.loads((out / "provenance.json").read_text())["config"]["matcher"] == {
+        k: yaml.safe_load(v) for k, v in given.items()}
 
     aligned, info = load_model(out / "aligned_s0-s1")
     original, _ = load_model(b)
