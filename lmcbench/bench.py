@@ -89,9 +89,9 @@ def bench_matching(n_embd: int = 768, n_layer: int = 12, n_head: int = 12, vocab
         canonical = []
         while models:
             canonical.append(ensure_canonical(models.pop(0)))
-    canon_a, aligner = glmc_weight_matching_states(*canonical, iterations=iterations, mlp_cost=mlp_cost,
-                                                   device=device, phase=timer)
-    del canonical
+    # popped, not passed from the list: the matcher drops its reference to B once B's state is taken
+    canon_a, aligner = glmc_weight_matching_states(canonical.pop(0), canonical.pop(0), iterations=iterations,
+                                                   mlp_cost=mlp_cost, device=device, phase=timer)
     rss_match = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with timer("circuits"):  # what `finish` returns: both models in circuit form (D+1-wide heads)
         circuit_form(canon_a)

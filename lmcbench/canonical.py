@@ -121,7 +121,10 @@ def canonicalize(model: nn.Module, eps_guard: float = 1e-6) -> nn.Module:
     layout = layout_for(model)
     if not all(site.centres for site in layout.norms):
         raise ValueError("canonicalize expects a LayerNorm at every norm site (is it already canonical?)")
-    sd = _state(model)
+    # not cloned: every tensor canonicalisation changes is replaced by a new one; the few it keeps are
+    # cloned at the end (peak memory: the model, its canonical state and one writer's temporaries)
+    original = {k: v.detach() for k, v in model.state_dict().items()}
+    sd = dict(original)
     centre = centering_matrix(layout.width, dtype=torch.float64)
     for w in layout.writers:
         t = sd[w.param]
@@ -141,11 +144,14 @@ def canonicalize(model: nn.Module, eps_guard: float = 1e-6) -> nn.Module:
             sd[r.param] = sd[r.param] * _along(gamma, r.axis, sd[r.param].ndim)
         sd[f"{site.module}.bias"] = beta / gamma
         norms[site.module] = RMSNorm(layout.width, eps=norm.eps, device=gamma.device, dtype=gamma.dtype)
-    new = copy.deepcopy(model)
+    sd = {k: v.clone() if k in original and v is original[k] else v for k, v in sd.items()}
+    # the module is copied without its parameters (memo: meta placeholders), which then take sd's tensors
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in model.parameters()}
+    new = copy.deepcopy(model, memo)
     _untie(new)
     for path, norm in norms.items():
         _set_module(new, path, norm)
-    new.load_state_dict(sd)
+    new.load_state_dict(sd, assign=True)
     return new
 
 
@@ -213,7 +219,9 @@ def circuit_form(model: nn.Module) -> nn.Module:
     layout = layout_for(model)
     width = layout.width
     new = _rebuild(model, layout, width, width + 1, qkv_bias=True)
-    new.load_state_dict(circuit_state_dict(_state(model), layout, layout_for(new)))
+    # not cloned: circuit_state_dict returns new tensors where it changes any, and load_state_dict copies
+    new.load_state_dict(circuit_state_dict({k: v.detach() for k, v in model.state_dict().items()}, layout,
+                                           layout_for(new)))
     return new
 
 

@@ -109,6 +109,24 @@ def test_barrier_on_cuda_equals_cpu(trained_pairs, datasets):
     assert (curves[0]["value"] - curves[1]["value"]).abs().max() <= 1e-4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (workflow/scripts/gpu_check.sh)")
+@pytest.mark.parametrize("method", ["gate_wm", "expert_wm"])
+def test_moe_matching_on_cuda_equals_cpu(method: str):
+    """MoE Algorithm 1 is device-agnostic tensor code: on CUDA states it finds the CPU's expert orders
+    and hidden permutations (assignments solved on the CPU), and its aligned state stays on the GPU."""
+    from lmcbench.models.moe import MoE
+    from lmcbench.moe.matching import align
+
+    states = [{f"layer.{k}": v.detach().clone() for k, v in MoE(8, 16, 6, "shared", k=2, n_shared=2,
+              generator=torch.Generator().manual_seed(seed)).double().state_dict().items()} for seed in (0, 1)]
+    aligned_cpu, taus_cpu = align(*states, method)
+    aligned_gpu, taus_gpu = align(*({k: v.cuda() for k, v in sd.items()} for sd in states), method)
+    assert {k: t.tolist() for k, t in taus_gpu.items()} == {k: t.tolist() for k, t in taus_cpu.items()}
+    for name, value in aligned_gpu.items():
+        assert value.device.type == "cuda", name
+        assert torch.allclose(value.cpu(), aligned_cpu[name], rtol=0, atol=1e-12), name
+
+
 def test_bench_matching_reports_phases_and_preserves_the_function(capsys):
     """`lmcbench bench matching` on a tiny random pair: every phase, the totals, RSS, and the check
     that the aligned B (circuit form) computes B's logits."""

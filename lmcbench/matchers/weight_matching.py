@@ -233,7 +233,7 @@ def head_features(state: dict[str, Tensor], att: AttentionSite, width: int) -> t
 def _heads_step(aligner: Aligner, space: Space, features_a: tuple[Tensor, Tensor], att_b: AttentionSite, width: int,
                 phase: Phase) -> bool:
     """Head assignment on circuit distances ‖QK_A,i − QK_B,j‖_F + ‖OV_A,i − OV_B,j‖_F [official code]
-    (`head_features`; A's, `features_a`, are fixed and computed once), QK scaled as the circuit form
+    (`head_features`; A's, `features_a`, are fixed), QK scaled as the circuit form
     stores it, so that a circuit-form A and a canonical B compare the same bilinear form."""
     (qk_a, ov_a), (qk_b, ov_b) = features_a, head_features(aligner.state_b, att_b, width)
     cost = torch.cdist(qk_a, qk_b) + torch.cdist(ov_a, ov_b)
@@ -331,8 +331,9 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     (nested in the others).
     A may be in circuit form (a universe of averaged circuits); B is canonicalised.
     Work done once, not per round: the residual Gram of the residual-only parameters
-    (`static_residual_gram`) and A's head and MLP features; those parameters of B are moved by the residual
-    element once, at the end. Returns (canonical A, aligner holding the aligned canonical B and the
+    (`static_residual_gram`) and A's MLP features (A's head circuits are recomputed per round: kept, they
+    would be the largest tensors in memory); those parameters of B are moved by the residual element once,
+    at the end. Returns (canonical A, aligner holding the aligned canonical B and the
     element found)."""
     device = torch.device(device) if device is not None else default_device()
     with phase("canonicalise"):
@@ -341,22 +342,22 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
         spec_a, spec_b = spec_for(canon_a), spec_for(canon_b)
         # not cloned: nothing below writes into a tensor (`apply` returns new ones)
         state_a, state_b = ({k: v.detach().to(device) for k, v in m.state_dict().items()} for m in (canon_a, canon_b))
-        del canon_b  # B's tensors live on in state_b only, so each is freed once a step replaces it
+        del canon_b, model_b  # B's tensors live on in state_b only, so each is freed once a step replaces it
     first, later = _raw_residual_params(spec_b, layout_b)
     with phase("residual_once"):
         static_gram = static_residual_gram(spec_b["residual"], first, state_a, layout_a, state_b, layout_b, tokens)
     # while matching, the residual steps move only the parameters other steps or the Gram read
     aligner = Aligner(_with_actions(spec_b, "residual", lambda a: a.param not in first), state_a, state_b)
-    with phase("heads"):
-        heads_a = [head_features(state_a, att, layout_b.width) for att in layout_a.attentions]
+    del state_b  # the aligner's copy of the dict is the only one: B's replaced tensors are freed
     with phase("mlp_cost"):
         features_a = [mlp_features(spec_a[f"blocks.{i}.mlp"], state_a, mlp_cost) for i in range(len(layout_a.mlps))]
     for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
         with phase("residual"):
             changed = _residual_step(aligner, layout_a, layout_b, residual, static_gram, later - first if it else set(),
                                      it > 0, phase)
-        for i, (head_a, att_b) in enumerate(zip(heads_a, layout_b.attentions, strict=True)):
-            with phase("heads"):
+        for i, (att_a, att_b) in enumerate(zip(layout_a.attentions, layout_b.attentions, strict=True)):
+            with phase("heads"):  # A's circuits are recomputed, not kept: 1.4 GB of float64 at GPT-2 small
+                head_a = head_features(state_a, att_a, layout_b.width)
                 changed |= _heads_step(aligner, aligner.spec[f"blocks.{i}.heads"], head_a, att_b, layout_b.width, phase)
             with phase("mlp_cost"):
                 changed |= _mlp_step(aligner, spec_a[f"blocks.{i}.mlp"], aligner.spec[f"blocks.{i}.mlp"],

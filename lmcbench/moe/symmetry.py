@@ -72,7 +72,7 @@ def translate_gate(state: dict[str, Tensor], prefix: str, c_w: Tensor | None = N
 
 def _permute_hidden(state: dict, names: tuple[str, ...], perms: Tensor) -> dict:
     w1, b1, w2, b2 = names
-    perms = torch.as_tensor(perms, dtype=torch.long)
+    perms = torch.as_tensor(perms, dtype=torch.long, device=state[w1].device)  # gather: index on the states' device
     out = dict(state)
     d = state[w1].shape[-1]
     out[w1] = state[w1].gather(1, perms[:, :, None].expand(-1, -1, d))
