@@ -8,15 +8,18 @@ ever changed, so these tests fail on that code.
 from __future__ import annotations
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
-from test_matchers import CTX, VOCAB, loss_path, make, teacher_task
+from conftest import perturb
+from test_matchers import CTX, IMG, VOCAB, loss_path, make, teacher_task
 from lmcbench.canonical import canonicalize
 from lmcbench.data import Dataset
 from lmcbench.matchers import MATCHERS, MatchContext, learned
 from lmcbench.matchers.learned import LearnedOptions, train_latents
 from lmcbench.matchers.weight_matching import glmc_weight_matching_states
 from lmcbench.symmetry import apply, spec_for
-from lmcbench.tasks import LanguageModelingTask
+from lmcbench.tasks import ClassificationTask, LanguageModelingTask
 
 STEPS = {"steps": 150, "batch_size": 8, "perm_lr": 0.05, "eval_every": 10, "patience": None}
 
@@ -52,29 +55,59 @@ def test_learned_matching_moves_assignments_when_that_lowers_the_loss():
     assert record["moved_mlp"] == sum(v for k, v in record["moved"].items() if k.endswith(".mlp"))
 
 
-def test_learned_identity_init_moves_away_from_the_identity_on_a_planted_permutation():
-    """The ablation started at the identity on B = a random head/MLP permutation of A: it moves
-    assignments and its chosen step cuts the barrier of the identity start by at least 4×.
+def distinct_units_vit(seed: int = 0) -> nn.Module:
+    """Canonical ViT of shapes used nowhere else (2 blocks, width 24, 3 heads, 12 MLP units: narrower than
+    the residual, 16 classes, avg pooling, no qkv bias) whose heads and units each matter: queries and
+    keys ×3 (attention far from uniform, else a head permutation barely changes the function), fc1 ×3
+    (GELU out of its linear range) and the head ×4 (labels that say more than chance). Measured on the tiny default-shaped models: a task loss that cannot
+    tell units apart (midpoint loss within 0.02 of A's at 28 of 192 MLP units right), so no task-driven
+    method could recover a plant there."""
+    model = perturb(VisionTransformer(img_size=IMG, patch_size=4, in_chans=3, num_classes=16, depth=2, embed_dim=24,
+                                      num_heads=3, mlp_ratio=0.5, qkv_bias=False, global_pool="avg"), seed)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight[:2 * 24].mul_(3)
+            block.mlp.fc1.weight.mul_(3)
+        model.head.weight.mul_(4)
+    return canonicalize(model)
 
-    It does not recover the planted element unit by unit, and no test claims it: with a task whose loss
-    is minimised at A (labels sampled from A's softmax), Hungarian(−∂L/∂P) at the identity start
-    matches 4 of 96 MLP units of the planted inverse (weight matching: 96 of 96), and 300 steps
-    leave the correct count at chance. The loss gradient of a misaligned mixture carries almost no
-    information about which unit goes where, which is why GLMC starts learned matching from weight
-    matching (identity initialisation "substantially worse" [secondary])."""
-    a = confident_vit()
-    state_b, _ = planted(a, seed=2)
-    b = canonicalize(make("vit-d2-w48-h4-avg-noqkvb"))  # a template of the same shapes
+
+def sampled_task(model: nn.Module, n: int = 256, draws: int = 16, seed: int = 7) -> ClassificationTask:
+    """Labels drawn from A's softmax (`draws` per image): A minimises the expected loss, so the planted
+    element is where the midpoint loss is lowest (argmax labels would let other elements beat A)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, IMG, IMG, generator=gen)
+    with torch.no_grad():
+        p = torch.softmax(model.eval()(x), -1)
+    y = torch.multinomial(p, draws, replacement=True, generator=gen).T.reshape(-1)
+    data = (x.repeat(draws, 1, 1, 1), y)
+    return ClassificationTask(Dataset("sampled-images", "image", data, data, data))
+
+
+def test_learned_identity_init_recovers_a_planted_permutation():
+    """B = A with a random permutation of every head and MLP space at once; `learned_identity_init`
+    (its registered defaults: Sinkhorn relaxation from a diffuse start, annealed to the Hungarian
+    assignment) finds the inverse of every one, from the task loss alone (measured: plants 0-3, all
+    recovered). With the straight-through relaxation ("ste", the official code's) the same run recovers
+    1-3 of 3 heads and 0-1 of 12 units per space: at the identity the gradient of a misaligned midpoint
+    does not say which unit goes where; Sinkhorn's diffuse start compares each A unit with B's averaged ones.
+    The orthogonal residual, which the method also learns, is not planted: from the identity it does
+    not recover a random rotation (measured: ‖O − O*‖_F ≈ 6 of at most 9.8, and then only 4-8 of 12 units)."""
+    a = distinct_units_vit()
+    state_b, element = planted(a, seed=3)
+    b = distinct_units_vit(seed=1)   # a template of the same shapes
     b.load_state_dict(state_b)
-    task = teacher_task(a)
-    alignment = MATCHERS["learned_identity_init"](a, b, MatchContext(task, dict(STEPS), 0))
+    task = sampled_task(a)
+    # every validation example: two MLP units of a 12-unit space change the loss by less than 256 sampled labels' noise
+    options = {"steps": 200, "batch_size": 64, "perm_lr": 0.3, "eval_every": 50, "patience": None, "val_examples": None}
+    alignment = MATCHERS["learned_identity_init"](a, b, MatchContext(task, options, 0))
+    info = alignment.info
+    assert info["options"]["relaxation"] == "sinkhorn" and info["init"] == "identity"
+    assert info["assignments"] == {name: torch.argsort(idx).tolist() for name, idx in element.items()}
     lambdas = [0.0, 0.25, 0.5, 0.75, 1.0]
     barrier, _ = loss_path(alignment, task, lambdas)
     start_barrier, _ = loss_path(MATCHERS["vanilla"](a, b, MatchContext()), task, lambdas)
-    info = alignment.info
-    assert info["init"] == "identity" and info["moved_heads"] + info["moved_mlp"] >= 1, info
-    assert info["columns"]["matching_val_loss"] == info["val_loss"] < info["start_val_loss"]
-    assert barrier <= 0.25 * start_barrier, (barrier, start_barrier)
+    assert barrier <= 0.05 * start_barrier, (barrier, start_barrier)
 
 
 def test_epochs_set_the_number_of_steps():

@@ -46,6 +46,7 @@ from lmcbench.matchers.assignment import match_units
 from lmcbench.matchers.weight_matching import (active_tokens, detached_state, ensure_canonical, finish,
                                               glmc_weight_matching_states)
 from lmcbench.symmetry import apply, layout_for, perm_matrix, spec_for
+from lmcbench.symmetry.spec import SymmetrySpec
 from lmcbench.tasks import autocast, evaluate
 from lmcbench.training import default_device, warmup_cosine
 
@@ -76,8 +77,45 @@ def ste_permutation(z: Tensor) -> Tensor:
     return hard + (z - z.detach())
 
 
-def project(latents: dict[str, Tensor], groups: dict[str, str]) -> dict[str, Tensor]:
-    return {name: polar(z) if groups[name] == "orth" else ste_permutation(z) for name, z in latents.items()}
+def sinkhorn(z: Tensor, tau: float, iterations: int) -> Tensor:
+    """The doubly stochastic matrix exp(z/τ) balanced by alternate row and column normalisation (in log
+    space); as τ → 0 it tends to the permutation maximising ⟨P, z⟩."""
+    log_p = z / tau
+    for _ in range(iterations):
+        log_p = log_p - log_p.logsumexp(1, keepdim=True)
+        log_p = log_p - log_p.logsumexp(0, keepdim=True)
+    return log_p.exp()
+
+
+def relaxed_apply(spec: SymmetrySpec, state: dict[str, Tensor], element: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`apply` for doubly stochastic matrices S on permutation spaces (which `apply` itself refuses):
+    every role of a permutation space maps x -> x S, so when no parameter is acted on by two of the
+    given spaces the map S -> apply(S) is linear and apply(S) = apply(I) + D apply(I)[S - I], one jvp."""
+    acted = [{a.param for a in s.actions} for s in spec if s.name in element]
+    if sum(map(len, acted)) != len(set().union(*acted)):
+        raise ValueError(f"relaxed_apply: spaces {sorted(element)} share parameters; relax them one at a time")
+    names = list(element)
+    eyes = tuple(torch.eye(element[n].shape[0], dtype=element[n].dtype, device=element[n].device) for n in names)
+    out, tangent = torch.func.jvp(lambda *gs: apply(spec, state, dict(zip(names, gs))), eyes,
+                                  tuple(element[n] - eye for n, eye in zip(names, eyes)))
+    return {k: v + tangent[k] if v.is_floating_point() else v for k, v in out.items()}
+
+
+def transform(spec: SymmetrySpec, state: dict[str, Tensor], latents: dict[str, Tensor], groups: dict[str, str],
+              tau: float | None, iterations: int) -> dict[str, Tensor]:
+    """B moved by the latents' relaxed element: polar factor for an orthogonal residual; for permutation
+    spaces the Sinkhorn matrix at temperature `tau`, or (tau None) the hard permutation with the
+    straight-through gradient. The residual goes first and alone: it shares parameters with the others."""
+    def soft(names: list[str]) -> dict[str, Tensor]:
+        return {n: polar(latents[n]) if groups[n] == "orth" else
+                ste_permutation(latents[n]) if tau is None else sinkhorn(latents[n], tau, iterations) for n in names}
+
+    stages = [[n for n in latents if n == "residual"], [n for n in latents if n != "residual"]]
+    for names in filter(None, stages):
+        element = soft(names)
+        relaxed = tau is not None and any(groups[n] == "perm" for n in names)
+        state = relaxed_apply(spec, state, element) if relaxed else apply(spec, state, element)
+    return state
 
 
 def uniform_pair(lo: float = 0.4, hi: float = 0.6):
@@ -103,6 +141,12 @@ class LearningOptions:
     batch_size: int = 32             # official: 32 blocks of 256 tokens
     lr: float = 3e-4                 # orthogonal residual latents [official code]
     perm_lr: float = 0.05            # permutation latents, sized to the flip margin ~1 [inferred]
+    # permutation latents in the forward pass: Sinkhorn(Z/τ), τ geometric from temperature[0] at the first
+    # step to temperature[1] at the last [secondary: Peña et al. 2023, Sinkhorn re-basin], or "ste": the
+    # hard permutation with a straight-through gradient [official code]; see the module docstring
+    relaxation: Literal["sinkhorn", "ste"] = "sinkhorn"
+    temperature: tuple[float, float] = (1.0, 0.01)
+    sinkhorn_iterations: int = 20
     weight_decay: float = 0.01       # AdamW, on the latents too [official code]
     warmup_frac: float = 0.05        # linear warm-up, then cosine decay to 0 [official code]
     eval_every: int = 50             # steps between validation evaluations [official code]
@@ -190,10 +234,11 @@ def train_latents(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, o
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
     val_data = task.eval_tensors("val", options.val_examples)
 
-    def mixture(weights, hard: bool) -> dict[str, Tensor]:
-        aligned = [to_space(apply(spec, sb, project(z, groups) if not hard else
-                                  {n: (p.detach() if p.is_floating_point() else perm_matrix(p, dtype=z[n].dtype)
-                                       .to(device)) for n, p in _hard(z, groups).items()}))
+    def mixture(weights, hard: bool, tau: float | None = None) -> dict[str, Tensor]:
+        aligned = [to_space(transform(spec, sb, z, groups, tau, options.sinkhorn_iterations) if not hard else
+                            apply(spec, sb, {n: (p.detach() if p.is_floating_point() else
+                                                 perm_matrix(p, dtype=z[n].dtype).to(device))
+                                             for n, p in _hard(z, groups).items()}))
                    for sb, z in zip(states_b, latents)]
         mixed = dict(state_a)
         for k in floats:
@@ -214,8 +259,10 @@ def train_latents(canon_a: nn.Module, states_b: list[dict[str, Tensor]], task, o
         weights = sampler(rng)
         x, y = task.train_batch(step, options.batch_size, seed)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        tau = (options.temperature[0] * (options.temperature[1] / options.temperature[0]) ** (step / max(1, total - 1))
+               if options.relaxation == "sinkhorn" else None)
         with autocast(device):
-            loss_sum, _, n = task.score(BoundModel(template, mixture(weights, hard=False)), x, y)
+            loss_sum, _, n = task.score(BoundModel(template, mixture(weights, hard=False, tau=tau)), x, y)
         loss = loss_sum / n
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -276,7 +323,9 @@ def _learned(model_a: nn.Module, model_b: nn.Module, context: MatchContext, resi
     run = train_latents(canon_a, [state_b], context.task, cfg, context.seed, residual)
     columns = {k: run.record[k] for k in ("moved_heads", "moved_mlp", "residual_shift")}
     columns["matching_val_loss"] = run.record["val_loss"]
-    return finish(canon_a, run.states[0], cfg.circuits, {"init": init, "residual": residual,
+    # the chosen head/MLP (and permutation residual) assignments, on top of the start (index lists, new j = old idx[j])
+    assignments = {name: p.tolist() for name, p in run.elements[0].items() if not p.is_floating_point()}
+    return finish(canon_a, run.states[0], cfg.circuits, {"init": init, "residual": residual, "assignments": assignments,
                                                          "final_train_loss": run.history[-1].get("loss"),
                                                          "options": asdict(cfg), **run.record,
                                                          "columns": columns})
@@ -284,7 +333,7 @@ def _learned(model_a: nn.Module, model_b: nn.Module, context: MatchContext, resi
 
 @register("learned_full", options=LearnedFromMatchingOptions)
 def learned_full(model_a, model_b, context):
-    """GLMC learned matching: orthogonal residual, STE head/MLP permutations, from the WM solution."""
+    """GLMC learned matching: orthogonal residual, relaxed head/MLP permutations, from the WM solution."""
     return _learned(model_a, model_b, context, "orth", "weight_matching")
 
 
