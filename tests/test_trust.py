@@ -250,7 +250,7 @@ def test_cli_errors_are_one_line_without_traceback(vit_checkpoint, tmp_path, cap
         ("align", str(tmp_path / "nope"), str(vit_checkpoint), "--dataset", "mnist5k", "--out", out):
             f"no checkpoint at {tmp_path / 'nope'}",
         ("align", str(vit_checkpoint), str(vit_checkpoint), "--method", "nope", "--dataset", "mnist5k", "--out", out):
-            "unknown matcher 'nope'",
+            "unknown glmc method 'nope'",
         ("align", str(vit_checkpoint), str(vit_checkpoint), "--dataset", "shakespeare", "--out", out):
             "--dataset mnist5k",
         ("align", str(vit_checkpoint), str(narrow), "--dataset", "mnist5k", "--out", out):
