@@ -28,7 +28,7 @@ import contextlib
 import copy
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
@@ -341,10 +341,8 @@ class ACE(AceMethod):
 
     def setup(self, run):
         super().setup(run)
-        o = self.options
-        self.problem = ace_optimizer(self.variant, run.optimizers, [n for n, _ in mixed_layers(run.model)],
-                                     o.dual_lr, o.dual_optimizer, getattr(o, "rho", 1.0), getattr(o, "slack_lr", None),
-                                     o.aug_lag)
+        step = {k: v for k, v in asdict(self.options).items() if k != "eps"}   # eps enters the defects instead
+        self.problem = ace_optimizer(self.variant, run.optimizers, [n for n, _ in mixed_layers(run.model)], **step)
 
     variant = "ace_equality"   # constraint form (`constrained.ace_defects`)
 

@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-
-VARIANTS = ("ace_equality", "ace_resilient", "ace_eps")
 
 
 class CurvatureStep:
@@ -184,21 +183,35 @@ class ConstrainedOptimizer:
                 "defects": s.tolist()}
 
 
+@dataclass(frozen=True)
+class Variant:
+    """An ACE constraint form over the per-layer γ: the kind of every g_i, g_i from (γ, ε), slack or not."""
+    kind: str                                   # "eq" or "ineq"
+    defect: Callable[[torch.Tensor, float], torch.Tensor]
+    resilient: bool = False                     # g_i <= u_i with slack cost ρ/2‖u‖²
+
+
+VARIANTS = {
+    "ace_equality": Variant("eq", lambda gammas, eps: gammas),                          # Algorithm 1
+    "ace_resilient": Variant("ineq", lambda gammas, eps: gammas.abs(), resilient=True),  # Algorithm 2
+    "ace_eps": Variant("ineq", lambda gammas, eps: gammas.abs() - eps),                 # official `--epsilon`
+}
+
+
+def variant_of(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown ACE variant {name!r}; valid: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
 def ace_defects(variant: str, gammas: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """g_i for an ACE variant, from the stacked γ (graph attached)."""
-    if variant == "ace_equality":
-        return gammas
-    if variant == "ace_resilient":
-        return gammas.abs()
-    if variant == "ace_eps":
-        return gammas.abs() - eps
-    raise ValueError(f"unknown ACE variant {variant!r}; valid: {VARIANTS}")
+    return variant_of(variant).defect(gammas, eps)
 
 
 def ace_optimizer(variant: str, primal, names: list[str], dual_lr: float,
                   dual_optimizer: str = "ascent", rho: float = 1.0, slack_lr: float | None = None,
                   aug_lag: float = 0.0) -> ConstrainedOptimizer:
-    kind = "eq" if variant == "ace_equality" else "ineq"
-    return ConstrainedOptimizer(primal, [Constraint(n, kind) for n in names], dual_lr, dual_optimizer,
-                                resilient_rho=rho if variant == "ace_resilient" else None, slack_lr=slack_lr,
-                                aug_lag=aug_lag)
+    form = variant_of(variant)
+    return ConstrainedOptimizer(primal, [Constraint(n, form.kind) for n in names], dual_lr, dual_optimizer,
+                                resilient_rho=rho if form.resilient else None, slack_lr=slack_lr, aug_lag=aug_lag)
