@@ -258,7 +258,7 @@ def test_cli_errors_are_one_line_without_traceback(vit_checkpoint, tmp_path, cap
         ("train", "--config", str(typo), "--model", "vit", "--seed", "0", "--out", out): "iteratons",
         ("train", "--config", str(tmp_path / "missing.yaml"), "--model", "vit", "--seed", "0", "--out", out):
             "missing.yaml",
-        ("matchers", "--plugin", str(tmp_path / "missing_plugin.py")): "missing_plugin.py",
+        ("methods", "--plugin", str(tmp_path / "missing_plugin.py")): "missing_plugin.py",
     }
     for argv, says in bad.items():
         assert main(list(argv)) == 1, argv
