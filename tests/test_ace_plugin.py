@@ -101,3 +101,14 @@ def test_cli_trains_the_plugin_method_with_checked_options(tmp_path, monkeypatch
     assert set(records["method"]) == {METHOD} and {"mse", "equiv_err"} <= set(records["metric"])
     job = json.loads((tmp_path / "provenance.json").read_text())
     assert json.dumps(job).count('"warmup": 0.25') == 1               # the option the run was given
+
+
+def test_dual_lr_experiment_needs_a_method_with_a_dual_lr_option():
+    from lmcbench.ace.jobs import experiment_methods
+
+    cfg = {"experiments": {"dual_lr": {"method": "strict", "values": [0.1]}}}
+    with pytest.raises(ValueError, match="ace.experiments.dual_lr.method = 'strict' has no dual_lr option; "
+                                         "methods with one: ace_equality, ace_resilient, ace_eps"):
+        experiment_methods("dual_lr", "image", cfg)
+    cfg["experiments"]["dual_lr"]["method"] = "ace_eps"
+    assert experiment_methods("dual_lr", "nbody", cfg) == ["ace_eps"]

@@ -217,10 +217,14 @@ def experiment_methods(experiment: str, task_name: str, cfg: dict) -> list[str]:
     """The registered methods an experiment trains on a task: its `methods` (dual_lr: its one `method`), less
     those that do not apply to the task (a method's `tasks`: relaxed_conv is image-only)."""
     from lmcbench.ace.baselines import TRACK
-    from lmcbench.methods import get
+    from lmcbench.methods import get, names as names_of
 
     ecfg = cfg["experiments"][experiment]
     names = [ecfg.get("method", "ace_equality")] if experiment == "dual_lr" else ecfg["methods"]
+    if experiment == "dual_lr" and "dual_lr" not in get(TRACK, names[0]).defaults():
+        with_dual = [n for n in names_of(TRACK) if "dual_lr" in get(TRACK, n).defaults()]
+        raise ValueError(f"ace.experiments.dual_lr.method = {names[0]!r} has no dual_lr option; "
+                         f"methods with one: {', '.join(with_dual)}")
     return [m for m in names if task_name in get(TRACK, m).obj.tasks]
 
 
