@@ -7,6 +7,7 @@ ever changed, so these tests fail on that code.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -16,9 +17,9 @@ from test_matchers import CTX, IMG, VOCAB, loss_path, make, teacher_task
 from lmcbench.canonical import canonicalize
 from lmcbench.data import Dataset
 from lmcbench.matchers import MATCHERS, MatchContext, learned
-from lmcbench.matchers.learned import LearnedOptions, train_latents
+from lmcbench.matchers.learned import LearnedOptions, relaxed_apply, train_latents
 from lmcbench.matchers.weight_matching import glmc_weight_matching_states
-from lmcbench.symmetry import apply, spec_for
+from lmcbench.symmetry import apply, perm_matrix, spec_for
 from lmcbench.tasks import ClassificationTask, LanguageModelingTask
 
 STEPS = {"steps": 150, "batch_size": 8, "perm_lr": 0.05, "eval_every": 10, "patience": None}
@@ -131,3 +132,20 @@ def test_weight_matching_start_compares_only_tokens_seen_in_training(monkeypatch
     task = LanguageModelingTask(Dataset("half-vocab", "text", tokens, tokens, tokens), block_size=CTX)
     MATCHERS["learned_full"](a, b, MatchContext(task, {"steps": 1, "batch_size": 4, "iterations": 2}, 0))
     assert len(seen) == 1 and torch.equal(seen[0], torch.unique(tokens)), seen
+
+
+def test_relaxed_apply_is_apply_extended_linearly():
+    """On a mixture of permutations, `relaxed_apply` is the same mixture of `apply`s (so on a permutation,
+    `apply` itself), for heads and MLP spaces of several blocks at once; a relaxed residual with them is refused."""
+    model = canonicalize(make("gpt2-d2-w48-h4-untied"))
+    spec, state = spec_for(model), model.state_dict()
+    gen = torch.Generator().manual_seed(0)
+    spaces = spec.subset("blocks.*.heads", "blocks.*.mlp")
+    p, q = ({s.name: perm_matrix(torch.randperm(s.dim, generator=gen)) for s in spaces} for _ in range(2))
+    mixed = relaxed_apply(spec, state, {n: 0.3 * p[n] + 0.7 * q[n] for n in p})
+    on_p, on_q = apply(spec, state, p), apply(spec, state, q)
+    for k, v in mixed.items():
+        expected = 0.3 * on_p[k] + 0.7 * on_q[k] if v.is_floating_point() else on_p[k]
+        assert torch.allclose(v, expected, atol=1e-6), k
+    with pytest.raises(ValueError, match="acted on twice"):
+        relaxed_apply(spec, state, {**p, "residual": torch.eye(spec["residual"].dim)})

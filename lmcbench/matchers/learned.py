@@ -99,10 +99,15 @@ def sinkhorn(z: Tensor, tau: float, iterations: int) -> Tensor:
 def relaxed_apply(spec: SymmetrySpec, state: dict[str, Tensor], element: dict[str, Tensor]) -> dict[str, Tensor]:
     """`apply` for doubly stochastic matrices S on permutation spaces (which `apply` itself refuses):
     every role of a permutation space maps x -> x S, so when no parameter is acted on by two of the
-    given spaces the map S -> apply(S) is linear and apply(S) = apply(I) + D apply(I)[S - I], one jvp."""
-    acted = [{a.param for a in s.actions} for s in spec if s.name in element]
-    if sum(map(len, acted)) != len(set().union(*acted)):
-        raise ValueError(f"relaxed_apply: spaces {sorted(element)} share parameters; relax them one at a time")
+    given spaces (nor along two axes by one) the map S -> apply(S) is linear and
+    apply(S) = apply(I) + D apply(I)[S - I], one jvp."""
+    uses: dict[str, set] = {}
+    for space in spec:
+        for action in space.actions if space.name in element else ():
+            uses.setdefault(action.param, set()).add((space.name, action.axis))
+    shared = sorted(param for param, where in uses.items() if len(where) > 1)
+    if shared:
+        raise ValueError(f"relaxed_apply: {shared[:3]} acted on twice by {sorted(element)}; relax one space at a time")
     names = list(element)
     eyes = tuple(torch.eye(element[n].shape[0], dtype=element[n].dtype, device=element[n].device) for n in names)
     out, tangent = torch.func.jvp(lambda *gs: apply(spec, state, dict(zip(names, gs))), eyes,
