@@ -60,9 +60,9 @@ def distinct_units_vit(seed: int = 0) -> nn.Module:
     """Canonical ViT of shapes used nowhere else (2 blocks, width 24, 3 heads, 12 MLP units: narrower than
     the residual, 16 classes, avg pooling, no qkv bias) whose heads and units each matter: queries and
     keys ×3 (attention far from uniform, else a head permutation barely changes the function), fc1 ×3
-    (GELU out of its linear range) and the head ×4 (labels that say more than chance). Measured on the tiny default-shaped models: a task loss that cannot
-    tell units apart (midpoint loss within 0.02 of A's at 28 of 192 MLP units right), so no task-driven
-    method could recover a plant there."""
+    (GELU out of its linear range) and the head ×4 (labels that say more than chance). Without these
+    scalings (test_matchers' "vit-d2-w48-h4-avg-noqkvb", 96 classes) the same matching ends at 28 of 192
+    MLP units right with a midpoint loss only 0.03 above A's: that loss barely tells the units apart."""
     model = perturb(VisionTransformer(img_size=IMG, patch_size=4, in_chans=3, num_classes=16, depth=2, embed_dim=24,
                                       num_heads=3, mlp_ratio=0.5, qkv_bias=False, global_pool="avg"), seed)
     with torch.no_grad():
