@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "Snakemake merges it, and checked (schema, matcher options)")
     p.add_argument("--profile", default="default", help=PROFILE_HELP)
     p.add_argument("--key", help="print only this dotted key, e.g. glmc.matchers or models.gpt2")
+    p.add_argument("--schema", action="store_true", help="print the effective JSON schema instead: the schema file "
+                   "with every registered method's options (the profile's plugins included), as the check uses it")
 
     p = sub.add_parser("methods", help="list the registered methods of every track with their options (name, type, "
                                        "default) and what each does")
@@ -238,6 +240,12 @@ def _run(args, parser) -> int:
         from lmcbench.config import load_profile
 
         config = load_profile(args.profile)
+        if args.schema:
+            from lmcbench.config import effective_schema
+            from lmcbench.methods import load_methods
+
+            load_methods(config["plugins"])
+            config = effective_schema()
         for part in (args.key.split(".") if args.key else []):
             if not isinstance(config, dict) or part not in config:
                 raise KeyError(f"--key {args.key}: no {part!r} in the effective config")

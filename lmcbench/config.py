@@ -31,14 +31,80 @@ def key_path(parts) -> str:
     return ".".join(str(p) for p in parts) or "(top level)"
 
 
+def schema_error(config: dict, schema: dict):
+    """The first (most relevant) error of `config` against `schema`, or None."""
+    return jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+
+
+def raise_schema_error(error, schema_path: str | Path) -> None:
+    message = error.message if len(error.message) <= 300 else error.message[:300] + " …"
+    raise ConfigError(f"config error at {key_path(error.absolute_path)}: {message} (schema: {Path(schema_path).name})")
+
+
 def validate_schema(config: dict, schema_path: str | Path = SCHEMA) -> None:
-    """The config against the JSON schema; the first (most relevant) error as one short line."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    """The config against the schema file alone (method option blocks unchecked: that is `effective_schema`);
+    the first (most relevant) error as one short line."""
+    error = schema_error(config, yaml.safe_load(Path(schema_path).read_text()))
     if error is not None:
-        message = error.message if len(error.message) <= 300 else error.message[:300] + " …"
-        raise ConfigError(f"config error at {key_path(error.absolute_path)}: {message} "
-                          f"(schema: {Path(schema_path).name})")
+        raise_schema_error(error, schema_path)
+
+
+def schema_nodes(schema: dict, key: str) -> list[dict]:
+    """The subschemas of config key `key` (dotted; `*` = every value of a mapping: its `additionalProperties`
+    schema, else each of its `properties`), local `$ref`s followed."""
+    def follow(node):
+        while "$ref" in node:   # "#/definitions/model"
+            target = schema
+            for step in node["$ref"].removeprefix("#/").split("/"):
+                target = target[step]
+            node = target
+        return node
+
+    nodes = [schema]
+    for part in key.split("."):
+        nodes = [follow(child) for node in nodes for child in
+                 ([node["properties"][part]] if part != "*" else [node["additionalProperties"]]
+                  if isinstance(node.get("additionalProperties"), dict) else node["properties"].values())]
+    return list({id(node): node for node in nodes}.values())   # several keys may share one definition
+
+
+def method_keys() -> list[str]:
+    """Every config key (dotted, with `*`) that names methods or holds their options, of every track."""
+    from lmcbench import methods
+
+    return [key for spec in methods.TRACKS.values() for key in (*spec.methods, *spec.options, *spec.shared)]
+
+
+def effective_schema(config: dict | None = None, schema_path: str | Path = SCHEMA) -> dict:
+    """The schema file with the registry filled in (`lmcbench config --schema` prints it): method lists
+    take registered names; an options block (`methods.TRACKS`) takes registered names, each with that
+    method's `options_schema`; a shared block (glmc.multi_model.matcher) the options of every method it
+    reaches. With `config`: the tracks it uses (ACE's methods import escnn), its plugins loaded first, the
+    shared blocks' methods as it lists them; without: every track, every registered method."""
+    from lmcbench import methods
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    plugins = config.get("plugins") if config is not None else None   # absent: a partial config (tests)
+    plugins = plugins if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins) else []
+    for track, spec in methods.TRACKS.items():
+        lists = [found for key in spec.methods for found in config_values(config, key)] if config else []
+        if config is not None and not (lists or any(config_values(config, key)
+                                                     for key in (*spec.options, *spec.shared))):
+            continue
+        methods.load_methods(plugins, tracks=[track])
+        registered = methods.REGISTRY[track]
+        for key in spec.methods:
+            for node in schema_nodes(schema, key):
+                node["items"] = {"enum": list(registered)}
+        for key in spec.options:
+            for node in schema_nodes(schema, key):
+                node.update(properties={name: methods.method_schema(method) for name, method in registered.items()},
+                            additionalProperties=False)
+        listed = [n for _, names in lists if isinstance(names, list) for n in names if n in registered] \
+            if config is not None else list(registered)
+        for node in [node for key in spec.shared for node in schema_nodes(schema, key)] if listed else ():
+            node["allOf"] = [methods.method_schema(registered[n]) for n in dict.fromkeys(listed)]
+    return schema
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -116,7 +182,7 @@ def check_methods(config: dict) -> None:
         valid = f"registered {track} methods: {', '.join(registered)} (a method of your own: a plugin under " \
                 f"`plugins:`, README 'Add a method')"
         for where, listed in lists:
-            unknown = [name for name in listed or [] if name not in registered]
+            unknown = [name for name in listed if name not in registered] if isinstance(listed, list) else []
             if unknown:
                 raise ConfigError(f"config error at {where}: {', '.join(map(str, unknown))} "
                                   f"{'is' if len(unknown) == 1 else 'are'} not registered; {valid}")
@@ -128,7 +194,7 @@ def check_methods(config: dict) -> None:
                     raise ConfigError(f"config error at {where}.{name}: no method is registered as {name!r}; {valid}")
                 _parse(registered[name], given, f"{where}.{name}")
         for where, given in shared:
-            for name in dict.fromkeys(n for _, listed in lists for n in listed or []):
+            for name in dict.fromkeys(n for _, listed in lists if isinstance(listed, list) for n in listed):
                 _parse(registered[name], given, where)
 
 
@@ -180,8 +246,16 @@ def check_cross_keys(config: dict) -> None:
 
 
 def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
-    """Everything checkable before the first job: schema, methods and their options, cross-key rules."""
-    validate_schema(config, schema_path)
+    """Everything checkable before the first job: the effective schema (the file's, with the registered
+    methods and their options schemas), what options classes check beyond it, cross-key rules. An error
+    in a method list or options block is reported as the registry words it (key, valid names)."""
+    error = schema_error(config, effective_schema(config, schema_path))
+    if error is not None:
+        path = [str(p) for p in error.absolute_path]
+        if any(len(path) >= len(key.split(".")) and all(k in ("*", p) for k, p in zip(key.split("."), path))
+               for key in method_keys()):
+            check_methods(config)   # raises with the registry's message for the same value
+        raise_schema_error(error, schema_path)
     for name, model in config["models"].items():
         if model["dataset"] not in config["datasets"]:
             raise ConfigError(f"config error at models.{name}.dataset: {model['dataset']!r} is not a key of "

@@ -23,6 +23,8 @@ import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
+import re
 import sys
 import types
 import typing
@@ -187,8 +189,9 @@ def _conforms(value, hint) -> bool:
         return value is None
     if hint is bool:
         return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is int:   # JSON Schema's integer: 2.0 is one too (YAML writes 2.0 for a float)
+        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float)
+                                                                              and value.is_integer())
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, hint)
@@ -206,6 +209,8 @@ def _coerce(value, hint):
         return tuple(_coerce(v, a) for v, a in zip(value, args))
     if hint is float:
         return float(value)
+    if hint is int:
+        return int(value)
     return value
 
 
@@ -265,3 +270,59 @@ def describe(track: str) -> list[dict]:
             rows.append({"track": track, "method": name, "option": f.name, "type": type_name(hints[f.name]),
                          "default": default, "summary": method.summary if i == 0 else ""})
     return rows
+
+
+# ------------------------------------------------------------------------------------------------ schema
+JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null",
+              list: "array", dict: "object"}
+
+
+def type_schema(hint) -> dict:
+    """A type annotation as the JSON schema of exactly the values `parse_options` accepts for it
+    (tests/test_methods.py checks the two agree)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [type_schema(arm) for arm in args]}
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": type_schema(args[0])}
+        return {"type": "array", "prefixItems": [type_schema(a) for a in args], "items": False,
+                "minItems": len(args)}
+    if hint in JSON_TYPES:
+        return {"type": JSON_TYPES[hint]}
+    raise TypeError(f"option type {type_name(hint)} has no JSON-schema form; use bool, int, float, str, "
+                    f"Literal[...], tuple[...], X | None")
+
+
+def field_comments(options_class: type) -> dict[str, str]:
+    """`name: type = default  # comment` lines of the class's source: the options' descriptions."""
+    try:
+        source = inspect.getsource(options_class)
+    except (OSError, TypeError):   # a class made at run time has no source
+        return {}
+    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M)}
+
+
+def options_schema(track: str, name: str) -> dict:
+    """The JSON schema (Draft 2020-12) of method `name`'s options block: one property per option with its
+    type, default and description (field metadata `help`, else the field's comment), no other names.
+    What the options class checks beyond types (ranges, registered names in `__post_init__`) stays there."""
+    return method_schema(get(track, name))
+
+
+def method_schema(method: Method) -> dict:
+    """`options_schema` of a registered method."""
+    hints = typing.get_type_hints(method.options)
+    comments = field_comments(method.options)
+    properties = {}
+    for f in dataclasses.fields(method.options):
+        prop = type_schema(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        prop["default"] = list(default) if isinstance(default, tuple) else default
+        if f.metadata.get("help") or f.name in comments:
+            prop["description"] = f.metadata.get("help") or comments[f.name]
+        properties[f.name] = prop
+    return {"type": "object", "title": f"{method.track} method {method.name}", "description": method.summary,
+            "properties": properties, "additionalProperties": False}

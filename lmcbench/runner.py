@@ -51,5 +51,5 @@ def job_context(log_file: str | Path | None = None, threads: int | None = None) 
 def snakemake_job(snakemake) -> Iterator[None]:
     """`with snakemake_job(snakemake): ...` inside a workflow/scripts shim; loads the config's plugins."""
     with job_context(snakemake.log[0] if snakemake.log else None, snakemake.threads):
-        load_methods(snakemake.config.get("plugins", []), tracks=())
+        load_methods(snakemake.config["plugins"], tracks=())   # the default profile lists none
         yield

@@ -146,3 +146,82 @@ def test_dry_run_fails_on_an_option_typo_before_any_job(tmp_path):
     assert result.returncode != 0
     assert re.search(r"config error at moe\.full_model\.options\.full_expert_wm: unknown option round; "
                      r"valid options: rounds \(int\), order \(str\)", result.stdout + result.stderr)
+
+
+# ------------------------------------------------------------------------------ options' JSON schema
+def _all_methods():
+    methods.load_methods()
+    return [(track, name) for track in methods.TRACKS for name in methods.names(track)]
+
+
+# values a config or --opt may give (YAML scalars, lists, a mapping), for the schema/parse_options agreement
+SAMPLES = [True, False, 0, 3, -1, 2.0, 1.5, "x", "sinkhorn", "cosine", "gate_wm", None, [0.5, 0.1], [1, 2],
+           [1, 2, 3], [], ["a"], {"a": 1}]
+
+
+def test_options_schema_of_every_method_is_valid_and_checks_names_and_types():
+    import jsonschema
+
+    for track, name in _all_methods():
+        schema = methods.options_schema(track, name)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        validator = jsonschema.Draft202012Validator(schema)
+        defaults = methods.get(track, name).defaults()
+        assert validator.is_valid({k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}), name
+        assert {k: p["default"] for k, p in schema["properties"].items()} == \
+            {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+        assert not validator.is_valid({"no_such_option": 1}), name
+        for option in defaults:
+            assert not validator.is_valid({option: {"a": 1}}), (name, option)   # no option is a mapping
+
+
+def test_schema_and_parse_options_agree():
+    """One semantics: the schema accepts a value exactly when parse_options' name/type check does (what an
+    options class checks beyond types, in __post_init__, is not a type error and may still refuse it)."""
+    import jsonschema
+
+    checked = 0
+    for track, name in _all_methods():
+        method = methods.get(track, name)
+        validator = jsonschema.Draft202012Validator(methods.options_schema(track, name))
+        for option in method.defaults():
+            default = method.defaults()[option]
+            for value in SAMPLES + [list(default) if isinstance(default, tuple) else default]:
+                where = f"{track}/{name}"
+                try:
+                    method.parse({option: value}, where)
+                    type_ok = True
+                except ValueError as error:
+                    type_ok = not str(error).startswith((f"{where}.{option} = ", f"{where}: unknown option"))
+                assert validator.is_valid({option: value}) == type_ok, (track, name, option, value)
+                checked += 1
+    assert checked > 500
+
+
+@pytest.mark.parametrize("case", OPTION_BLOCKS)
+def test_the_effective_schema_itself_rejects_option_typos_and_types(case, smoke, monkeypatch, registry):  # noqa: F811
+    """check_config's schema holds the methods' options (plugins' too), not only the options classes after it."""
+    from lmcbench.config import effective_schema, schema_error
+
+    block, option, bad_value, _ = OPTION_BLOCKS[case]
+    monkeypatch.chdir(ROOT)
+    config = _set(_set(smoke, "plugins", [MOE_PLUGIN]), "moe.methods", [*smoke["moe"]["methods"], "random_order"])
+    schema = effective_schema(config)
+    assert schema_error(config, schema) is None
+    for bad in (_set(config, f"{block}.{option}X", 1), _set(config, f"{block}.{option}", bad_value)):
+        error = schema_error(bad, schema)
+        assert error is not None and ".".join(map(str, error.absolute_path)).startswith(block), case
+
+
+def test_config_schema_prints_the_methods_options(capsys):
+    import jsonschema
+
+    assert main(["config", "--profile", "smoke", "--schema"]) == 0
+    schema = yaml.safe_load(capsys.readouterr().out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    options = schema["properties"]["moe"]["properties"]["full_model"]["properties"]["options"]
+    assert options["additionalProperties"] is False
+    assert options["properties"]["full_expert_wm"]["properties"]["rounds"] == \
+        {"type": "integer", "default": 3, **{k: v for k, v in options["properties"]["full_expert_wm"]["properties"]
+                                            ["rounds"].items() if k == "description"}}
+    assert set(schema["properties"]["ace"]["properties"]["options"]["properties"]) == set(methods.names("ace"))
