@@ -180,6 +180,8 @@ def _role_maps(space: Space, g: Tensor) -> dict[str, Callable[[Tensor], Tensor]]
 def _transform_axis(t: Tensor, axis: int, segments: list[tuple[int, int, Callable]]) -> Tensor:
     """Replace the slices [start, start+length) of `axis` by fn(slice); slices may change length."""
     x = t.movedim(axis, -1)
+    if len(segments) == 1 and segments[0][:2] == (0, x.shape[-1]):  # the whole axis: no concatenation (a copy)
+        return segments[0][2](x).movedim(-1, axis)
     pieces, pos = [], 0
     for start, length, fn in sorted(segments, key=lambda s: s[0]):
         if start < pos or start + length > x.shape[-1]:
