@@ -17,6 +17,11 @@ check that [inferred: the paper reports none of them]:
   identifies an expert where it is selected. Read on the diagonal after a method's order
   ("matched"), off the diagonal ("unmatched": high when the experts are copies of one function),
   and for the order that maximises it ("output-matched", a data-dependent oracle of Step 1).
+  Pearson over all entries, each feature centred over the tokens, so a shared per-feature offset
+  does not count as agreement; a constant (e.g. zero) contribution correlates 0 with anything.
+* similarity at initialisation — the same matched correlation for the same expert pairs (each
+  method's order found after fine-tuning) in the two MoEs before fine-tuning: when it is as high as
+  after, the similarity came from a shared initialisation (e.g. upcycling), not from training.
 * cost–barrier Spearman — across all expert orders of a pair, the rank correlation of a Step-1
   cost Σ_i C[i, τ(i)] with the test loss barrier after Step 2: positive when a cheaper order under
   Step 1's cost is also a lower-barrier order, ≈ 0 when the cost carries no information.
@@ -192,6 +197,11 @@ def pair_diagnostics(model: torch.nn.Module, state_a: dict, state_b: dict, test_
         if init_states is not None:
             per_layer.setdefault("expert_movement", []).extend(
                 expert_movement(s, i, prefix) for s, i in zip((state_a, state_b), init_states))
+            corr_init = output_correlation(*(contributions(layer, s, prefix, x) for s in init_states))
+            for method, method_taus in taus.items():
+                if method_taus:
+                    per_layer.setdefault(f"sim_{method}_at_init", []).append(
+                        similarity_summary(corr_init, method_taus[prefix])["matched"])
     row.update({k: float(np.mean(v)) for k, v in per_layer.items()})
     if init_states is not None:
         for method in ("gate_wm", "expert_wm"):
