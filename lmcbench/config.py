@@ -20,7 +20,6 @@ import yaml
 PROFILES = Path(files("lmcbench") / "profiles")
 SCHEMA = Path(files("lmcbench") / "schemas" / "config.schema.yaml")
 DEFAULT_PROFILE = PROFILES / "default.yaml"
-MIN_MULTI_MODELS = 3  # models the multi-model experiments need at least (glmc.multi_model.n_models' minimum)
 
 
 class ConfigError(ValueError):
@@ -47,6 +46,13 @@ def validate_schema(config: dict, schema_path: str | Path = SCHEMA) -> None:
     error = schema_error(config, yaml.safe_load(Path(schema_path).read_text()))
     if error is not None:
         raise_schema_error(error, schema_path)
+
+
+def schema_defaults(definition: str, schema_path: str | Path = SCHEMA) -> dict:
+    """{key: default} of the schema's `definitions.<definition>`: the one place of the defaults of keys a
+    block may leave out (a model's arch; `lmcbench config --schema` shows them)."""
+    properties = yaml.safe_load(Path(schema_path).read_text())["definitions"][definition]["properties"]
+    return {key: prop["default"] for key, prop in properties.items() if "default" in prop}
 
 
 def schema_nodes(schema: dict, key: str) -> list[dict]:
@@ -131,6 +137,12 @@ def profile_path(profile: str | Path) -> Path:
     return path
 
 
+def load_default_profile() -> dict:
+    """The default profile as shipped (what every profile is merged over): for code reached without a profile
+    (the CLI's `--dataset NAME`) that needs the defaults the workflow uses."""
+    return yaml.safe_load(DEFAULT_PROFILE.read_text())
+
+
 def load_profile(profile: str | Path) -> dict:
     """A profile (a shipped name or a YAML path) merged over the default, as Snakemake does, and checked
     with `check_config`."""
@@ -139,7 +151,7 @@ def load_profile(profile: str | Path) -> dict:
         override = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    config = merge(yaml.safe_load(DEFAULT_PROFILE.read_text()), override)
+    config = merge(load_default_profile(), override)
     check_config(config)
     return config
 
@@ -205,36 +217,36 @@ def _seeds(config: dict, model: str) -> tuple[list, str]:
 
 
 def check_cross_keys(config: dict) -> None:
-    """Rules between keys: seed counts against the experiments that need ≥ 3 models, non-empty
-    ACE task list, dataset roots that exist."""
+    """Rules between keys of the effective (merged, schema-checked) config: seed counts against the
+    multi-model experiments, non-empty ACE task list, dataset roots that exist. `moe` and `ace` are
+    optional (absent: that track does not run)."""
     from lmcbench.data import LOCAL_DATASETS
 
-    models = config.get("models", {})
-    multi = (config.get("glmc") or {}).get("multi_model") or {}
-    if multi.get("methods"):
-        need = multi.get("n_models", MIN_MULTI_MODELS)
-        for model in multi.get("models", []):
+    models = config["models"]
+    multi = config["glmc"]["multi_model"]
+    if multi["methods"]:
+        need = multi["n_models"]
+        for model in multi["models"]:
             if model in models and len(_seeds(config, model)[0]) < need:
                 seeds, key = _seeds(config, model)
                 raise ConfigError(f"config error at {key}: glmc.multi_model aligns {need} models of {model!r} "
                                   f"but {key} = {seeds} has {len(seeds)}; list at least {need} seeds there, or "
                                   f"set glmc.multi_model.methods: [] to skip the multi-model experiment")
-    full = (config.get("moe") or {}).get("full_model") or {}
-    if full.get("models"):
-        need = full.get("n_models", MIN_MULTI_MODELS)
+    full = config["moe"]["full_model"] if "moe" in config else {"models": []}
+    if full["models"]:
+        need = full["n_models"]
         for model in full["models"]:
             if model in models and len(_seeds(config, model)[0]) < need:
                 seeds, key = _seeds(config, model)
                 raise ConfigError(f"config error at {key}: moe.full_model aligns {need} models of {model!r} "
                                   f"but {key} = {seeds} has {len(seeds)}; list at least {need} seeds there, "
                                   f"lower moe.full_model.n_models, or set moe.full_model.models: []")
-    if "ace" in config and not config["ace"].get("tasks"):
+    if "ace" in config and not config["ace"]["tasks"]:
         raise ConfigError("config error at ace.tasks: the list is empty; name at least one of image, nbody")
     used = {m["dataset"] for m in models.values()}
-    data = [(f"datasets.{k}", d) for k, d in config.get("datasets", {}).items() if k in used]
-    ace = config.get("ace") or {}
-    if "image" in ace.get("tasks", []):
-        data.append(("ace.image.data", ace.get("image", {}).get("data", {})))
+    data = [(f"datasets.{k}", d) for k, d in config["datasets"].items() if k in used]
+    if "ace" in config and "image" in config["ace"]["tasks"]:
+        data.append(("ace.image.data", config["ace"]["image"]["data"]))
     for key, cfg in data:
         root = cfg.get("root")
         if not root and cfg.get("name") in LOCAL_DATASETS:

@@ -18,6 +18,8 @@ import torch
 
 from lmcbench.io import atomic_path
 
+INPUT_FRAME, TARGET_FRAME = 30, 40   # saved frames: the task maps frame 30 to frame 40 [inferred; EGNN predicts 1000 steps ahead]
+
 
 def simulate(n_sims: int, seed: int, n_balls: int = 5, dt: float = 1e-3, sample_freq: int = 100,
              n_frames: int = 41, loc_std: float = 1.0, vel_norm: float = 0.5, field=(0.0, 0.0, 0.0),
@@ -69,23 +71,24 @@ def energy(loc: np.ndarray, vel: np.ndarray, charges: np.ndarray, field=(0.0, 0.
 
 
 def generate(path: str | Path, cfg: dict) -> Path:
-    """Simulate train/val/test pools (separate fixed seeds) and cache them in one .npz."""
+    """Simulate train/val/test pools (separate fixed seeds) and cache them in one .npz; `cfg` is the effective
+    ace.nbody.data block (seed and field from the default profile)."""
     arrays = {}
     sim_kw = {k: cfg[k] for k in ("n_balls", "dt", "sample_freq", "clip", "softening") if k in cfg}
-    n_frames = cfg.get("target_frame", 40) + 1
+    n_frames = TARGET_FRAME + 1
     for i, split in enumerate(("train", "val", "test")):
-        sim = simulate(cfg[f"n_{split}"], seed=cfg.get("seed", 43) * 10 + i, n_frames=n_frames,
-                       field=cfg.get("field", (0.0, 0.0, 0.0)), **sim_kw)
+        sim = simulate(cfg[f"n_{split}"], seed=cfg["seed"] * 10 + i, n_frames=n_frames,
+                       field=cfg["field"], **sim_kw)
         for key in ("loc", "vel", "charges"):
             arrays[f"{split}_{key}"] = sim[key].astype(np.float32)
-    arrays["field"] = np.asarray(cfg.get("field", (0.0, 0.0, 0.0)), dtype=np.float32)
+    arrays["field"] = np.asarray(cfg["field"], dtype=np.float32)
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, **arrays)
         # np.savez appends .npz when missing; the temp path already ends in .npz
     return Path(path)
 
 
-def load(path: str | Path, input_frame: int = 30, target_frame: int = 40) -> dict:
+def load(path: str | Path, input_frame: int = INPUT_FRAME, target_frame: int = TARGET_FRAME) -> dict:
     """{split: (loc, vel, charges, target_loc)} as float32 tensors; [B, n, 3] / [B, n, 1]."""
     z = np.load(path)
     out = {}

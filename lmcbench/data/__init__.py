@@ -26,12 +26,28 @@ DATASETS: dict[str, Callable[[dict], Dataset]] = {
 LOCAL_DATASETS = frozenset({"cifar10", "cifar100", "tiny_imagenet", "tiny_shakespeare", "text_file"})
 
 
+TEXT_DATASETS = frozenset({"shakespeare", "tiny_shakespeare", "text_file"})
+# The split settings a dataset config may leave out (the CLI's `--dataset NAME`, a profile's own dataset key)
+# are the default profile's, of the dataset's kind: datasets.images or datasets.text there is their one place.
+SPLIT_DEFAULTS = {"image": ("images", ("val_frac", "test_frac", "split_seed")),
+                  "text": ("text", ("val_frac", "test_frac", "tokenizer"))}
+
+
+def split_defaults(name: str) -> dict:
+    """The default profile's split settings for a dataset of `name`'s kind (see SPLIT_DEFAULTS)."""
+    from lmcbench.config import load_default_profile
+
+    key, settings = SPLIT_DEFAULTS["text" if name in TEXT_DATASETS else "image"]
+    block = load_default_profile()["datasets"][key]
+    return {setting: block[setting] for setting in settings}
+
+
 def load_dataset(cfg: dict) -> Dataset:
     """Load, split and preprocess the dataset named by ``cfg["name"]``; same cfg, same tensors."""
     name = cfg.get("name")
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](cfg)
+    return DATASETS[name]({**split_defaults(name), **cfg})
 
 
-__all__ = ["DATASETS", "LOCAL_DATASETS", "Dataset", "DatasetNotFoundError", "load_dataset"]
+__all__ = ["DATASETS", "LOCAL_DATASETS", "TEXT_DATASETS", "split_defaults", "Dataset", "DatasetNotFoundError", "load_dataset"]

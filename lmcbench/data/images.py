@@ -46,13 +46,13 @@ def _image_dataset(name: str, splits: dict, num_classes: int, scale: float) -> D
 
 def _split_all(x: np.ndarray, y: np.ndarray, cfg: dict) -> dict:
     """Stratified train/val/test for sources that ship a single pool of examples."""
-    idx = stratified_split(y, cfg.get("val_frac", 0.1), cfg.get("test_frac", 0.2), cfg.get("split_seed", 0))
+    idx = stratified_split(y, cfg["val_frac"], cfg["test_frac"], cfg["split_seed"])
     return {s: (x[i], y[i]) for s, i in zip(("train", "val", "test"), idx)}
 
 
 def _split_train(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: dict) -> dict:
     """Carve val out of the official train set; the official test set stays the test split."""
-    tr, va, _ = stratified_split(y, cfg.get("val_frac", 0.1), 0.0, cfg.get("split_seed", 0))
+    tr, va, _ = stratified_split(y, cfg["val_frac"], 0.0, cfg["split_seed"])
     return {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x_test, y_test)}
 
 

@@ -17,6 +17,7 @@ TINY_SHAKESPEARE_FETCH = (
     " https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt (root = that file)"
 )
 TEXT_FILE_FETCH = "a UTF-8 .txt file, or a directory of .txt files (root = that file or directory)"
+BPE_VOCAB_SIZE = 1024   # `tokenizer: bpe` without `vocab_size` (optional: the shipped profiles use char)
 
 
 class CharTokenizer:
@@ -95,11 +96,11 @@ class GPT2Tokenizer:
 def make_tokenizer(cfg: dict, corpus: str, train: str):
     """The tokenizer `cfg["tokenizer"]` names: "char" (over the whole corpus), "bpe" (trained on the train
     split, `vocab_size`) or "gpt2" (GPT-2's fixed vocabulary)."""
-    kind = cfg.get("tokenizer", "char")
+    kind = cfg["tokenizer"]
     if kind == "char":
         return CharTokenizer(corpus)
     if kind == "bpe":
-        return BPETokenizer(train, cfg.get("vocab_size", 1024))
+        return BPETokenizer(train, cfg.get("vocab_size", BPE_VOCAB_SIZE))   # optional: only bpe reads it
     if kind == "gpt2":
         return GPT2Tokenizer()
     raise ValueError(f"unknown tokenizer {kind!r}; valid: 'char', 'bpe', 'gpt2'")
@@ -109,7 +110,7 @@ def _text_dataset(name: str, text: str, cfg: dict) -> Dataset:
     """Truncate (`max_chars`), split contiguously, build the tokenizer, then encode each split."""
     if cfg.get("max_chars"):
         text = text[: cfg["max_chars"]]
-    train, val, test = contiguous_split(text, cfg.get("val_frac", 0.05), cfg.get("test_frac", 0.05))
+    train, val, test = contiguous_split(text, cfg["val_frac"], cfg["test_frac"])
     tok = make_tokenizer(cfg, text, train)
     splits = [tok.encode_tensor(s) for s in (train, val, test)]
     return Dataset(name, "text", *splits, {"vocab_size": tok.vocab_size, "tokenizer": tok})

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from lmcbench.config import schema_defaults
+
 
 def gpt2_config(cfg: dict, meta: dict) -> GPT2Config:
+    cfg = {**schema_defaults("gpt2_arch"), **cfg}   # keys the arch leaves out: the schema's defaults
     vocab = meta["vocab_size"]
-    dropout = cfg.get("dropout", 0.0)
+    dropout = cfg["dropout"]
     return GPT2Config(
         vocab_size=vocab,
         n_positions=cfg["n_positions"],
@@ -14,11 +17,11 @@ def gpt2_config(cfg: dict, meta: dict) -> GPT2Config:
         n_layer=cfg["n_layer"],
         n_head=cfg["n_head"],
         n_inner=cfg.get("n_inner"),
-        activation_function=cfg.get("activation_function", "gelu_new"),
+        activation_function=cfg["activation_function"],
         resid_pdrop=dropout,
         embd_pdrop=dropout,
         attn_pdrop=dropout,
-        tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+        tie_word_embeddings=cfg["tie_word_embeddings"],
         # ids inside the vocab, so HF does not warn about 50256 on small vocabularies
         bos_token_id=0,
         eos_token_id=0,
@@ -28,5 +31,5 @@ def gpt2_config(cfg: dict, meta: dict) -> GPT2Config:
 
 def build(cfg: dict, meta: dict) -> GPT2LMHeadModel:
     config = gpt2_config(cfg, meta)
-    config._attn_implementation = cfg.get("attn_implementation", "sdpa")
+    config._attn_implementation = {**schema_defaults("gpt2_arch"), **cfg}["attn_implementation"]
     return GPT2LMHeadModel(config)

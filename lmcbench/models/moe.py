@@ -245,6 +245,20 @@ MOE_KEYS = ("n_experts", "gating", "k", "n_shared", "hidden", "activation", "nor
             "aux_loss_coef", "router_scale", "expert_init", "init_noise", "router_init", "placement")
 
 
+# MoE layer options the default profile's `moe` block does not set (it sets k, n_shared, hidden, activation,
+# aux_loss_coef; variants set the rest): their one place. `moe_layer_defaults` adds the profile's.
+LAYER_DEFAULTS = {"gating": "dense", "placement": "first", "normalise": None, "dispatch": "auto",
+                  "router_scale": 1.0, "expert_init": "uniform", "init_noise": 1.0, "router_init": "uniform"}
+
+
+def moe_layer_defaults() -> dict:
+    """The MoE layer options a config or checkpoint leaves out: LAYER_DEFAULTS and the default profile's `moe` block."""
+    from lmcbench.config import load_default_profile
+
+    profile = load_default_profile()["moe"]
+    return {**LAYER_DEFAULTS, **{k: profile[k] for k in MOE_KEYS if k in profile and k != "n_experts"}}
+
+
 def insert_moe(model: nn.Module, moe_cfg: dict, generator: torch.Generator | None = None) -> nn.Module:
     """Replace the FFN (`blocks[i].mlp` / `transformer.h[i].mlp`) of the chosen layers by freshly
     initialised MoE layers, in place; returns the model. moe_cfg keys: n_experts, gating, k,
@@ -255,17 +269,18 @@ def insert_moe(model: nn.Module, moe_cfg: dict, generator: torch.Generator | Non
     unknown = set(moe_cfg) - set(MOE_KEYS)
     if unknown:
         raise ValueError(f"unknown MoE options {sorted(unknown)}; known: {list(MOE_KEYS)}")
+    moe_cfg = {**moe_layer_defaults(), **moe_cfg}
     _, blocks = ffn_blocks(model)
     ref = next(model.parameters())
-    for i in placement_layers(moe_cfg.get("placement", "first"), len(blocks)):
+    for i in placement_layers(moe_cfg["placement"], len(blocks)):
         d, hidden = _ffn_shape(blocks[i].mlp)
-        layer = MoE(d, moe_cfg.get("hidden") or hidden, moe_cfg["n_experts"], moe_cfg.get("gating", "dense"),
-                    moe_cfg.get("k", 2), moe_cfg.get("n_shared", 1), moe_cfg.get("activation", "gelu"),
-                    moe_cfg.get("normalise"), moe_cfg.get("dispatch", "auto"), moe_cfg.get("aux_loss_coef", 0.0),
-                    moe_cfg.get("router_scale", 1.0), moe_cfg.get("expert_init", "uniform"),
-                    moe_cfg.get("router_init", "uniform"), generator)
+        layer = MoE(d, moe_cfg["hidden"] or hidden, moe_cfg["n_experts"], moe_cfg["gating"],
+                    moe_cfg["k"], moe_cfg["n_shared"], moe_cfg["activation"],
+                    moe_cfg["normalise"], moe_cfg["dispatch"], moe_cfg["aux_loss_coef"],
+                    moe_cfg["router_scale"], moe_cfg["expert_init"],
+                    moe_cfg["router_init"], generator)
         if layer.expert_init == "upcycle":
-            upcycle(layer, blocks[i].mlp, moe_cfg.get("init_noise", 1.0))
+            upcycle(layer, blocks[i].mlp, moe_cfg["init_noise"])
         blocks[i].mlp = layer.to(device=ref.device, dtype=ref.dtype)
     return model
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from timm.models.vision_transformer import VisionTransformer
 
+from lmcbench.config import schema_defaults
+
 
 def build(cfg: dict, meta: dict) -> VisionTransformer:
+    cfg = {**schema_defaults("vit_arch"), **cfg}   # keys the arch leaves out: the schema's defaults
     embed_dim = cfg["embed_dim"]
     return VisionTransformer(
         img_size=meta["img_size"],
@@ -14,10 +17,10 @@ def build(cfg: dict, meta: dict) -> VisionTransformer:
         embed_dim=embed_dim,
         depth=cfg["depth"],
         num_heads=cfg["num_heads"],
-        mlp_ratio=cfg["mlp_dim"] / embed_dim if "mlp_dim" in cfg else cfg.get("mlp_ratio", 4.0),
-        qkv_bias=cfg.get("qkv_bias", True),
-        global_pool=cfg.get("global_pool", "token"),
-        drop_rate=cfg.get("dropout", 0.0),
-        proj_drop_rate=cfg.get("dropout", 0.0),
-        attn_drop_rate=cfg.get("attn_dropout", 0.0),
+        mlp_ratio=cfg["mlp_dim"] / embed_dim,
+        qkv_bias=cfg["qkv_bias"],
+        global_pool=cfg["global_pool"],
+        drop_rate=cfg["dropout"],
+        proj_drop_rate=cfg["dropout"],
+        attn_drop_rate=cfg["attn_dropout"],
     )

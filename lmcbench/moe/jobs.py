@@ -30,7 +30,8 @@ from lmcbench.moe.diagnostics import order_rank
 from lmcbench.checkpoints import load_model, save_model
 from lmcbench.data import load_dataset
 from lmcbench.io import provenance, run_id, write_json
-from lmcbench.models.moe import MOE_KEYS, AuxLossTask, freeze_backbone, insert_moe
+from lmcbench.config import load_default_profile
+from lmcbench.models.moe import MOE_KEYS, AuxLossTask, freeze_backbone, insert_moe, moe_layer_defaults
 from lmcbench.moe.evaluation import PairEvaluator
 from lmcbench.moe.router_init import kmeans_routers
 from lmcbench.moe.matching import align, align_with_orders, all_orders, order_key
@@ -95,11 +96,12 @@ def initial_moe(backbone: torch.nn.Module, moe_cfg: dict, seed: int, task=None) 
     with router_init "kmeans", the routers are set from the first training inputs of `task`."""
     generator = torch.Generator().manual_seed(seed)
     model = insert_moe(copy.deepcopy(backbone), moe_layer_cfg(moe_cfg), generator)
-    if moe_cfg.get("router_init", "uniform") == "kmeans":
+    moe_cfg = {**moe_layer_defaults(), **moe_cfg}
+    if moe_cfg["router_init"] == "kmeans":
         if task is None:
             raise ValueError("router_init 'kmeans' needs the task's training data")
         inputs = task.eval_tensors("train", ROUTER_INIT_EXAMPLES)[0]
-        kmeans_routers(model, inputs, moe_cfg.get("router_scale", 1.0), generator)
+        kmeans_routers(model, inputs, moe_cfg["router_scale"], generator)
     return model
 
 
@@ -134,7 +136,7 @@ def _loss_barrier(curve: pd.DataFrame) -> float:
 
 
 def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barrier_cfg: dict,
-               methods: list[str], max_orders: int = 720, keys: dict | None = None,
+               methods: list[str], max_orders: int, keys: dict | None = None,
                init_states: tuple[dict, dict] | None = None, data: dict | None = None,
                options: dict | None = None):
     """All `methods` (registered moe_order names; `options`: name -> options, config moe.options) on
@@ -199,13 +201,15 @@ def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barri
 
 def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict, train_cfg: dict, data_cfg: dict,
                   seeds: list[int], barrier_cfg: dict, methods: list[str], labels: dict | None = None,
-                  max_orders: int = 720, train_backbone: bool = False, save_models: bool = True,
+                  max_orders: int | None = None, train_backbone: bool = False, save_models: bool = True,
                   progress: bool = False, options: dict | None = None) -> pd.DataFrame:
     """One configuration (model, gating, n_experts, placement): fine-tune an MoE per seed on the frozen
     backbone, then align every seed pair with every method. Writes barriers.csv, curve.csv, ranks.csv,
     orders.csv, diagnostics.csv, history.csv, provenance.json and (save_models) seed{s}/ checkpoints into out_dir.
-    `methods`: registered moe_order names; `options`: their options by name (config moe.options)."""
+    `methods`: registered moe_order names; `options`: their options by name (config moe.options);
+    `max_orders` None: the default profile's moe.max_orders."""
     out_dir = Path(out_dir)
+    max_orders = load_default_profile()["moe"]["max_orders"] if max_orders is None else max_orders
     job = {"job": "moe_sweep", "backbone": str(backbone_ckpt), "moe": moe_cfg, "train": train_cfg, "data": data_cfg,
            "seeds": list(seeds), "barrier": barrier_cfg, "methods": list(methods), "max_orders": max_orders,
            "train_backbone": train_backbone, **({"options": options} if options else {})}
@@ -251,11 +255,13 @@ def moe_sweep_job(out_dir: str | Path, backbone_ckpt: str | Path, moe_cfg: dict,
 
 
 def moe_pair_job(ckpt_a: str | Path, ckpt_b: str | Path, out_dir: str | Path, method: str, data_cfg: dict,
-                 barrier_cfg: dict, options: dict | None = None, max_orders: int = 720) -> pd.DataFrame:
+                 barrier_cfg: dict, options: dict | None = None, max_orders: int | None = None) -> pd.DataFrame:
     """Two MoE checkpoints (e.g. a sweep's seed{s}/ folders) aligned by registered moe_order `method` with
     `options` (checked like config moe.options.<method>), and naive as the reference of the ratios; writes
-    barriers.csv, curve.csv, ranks.csv and provenance.json into out_dir (`lmcbench moe`)."""
+    barriers.csv, curve.csv, ranks.csv and provenance.json into out_dir (`lmcbench moe`); `max_orders` None:
+    the default profile's moe.max_orders."""
     out_dir = Path(out_dir)
+    max_orders = load_default_profile()["moe"]["max_orders"] if max_orders is None else max_orders
     methods = list(dict.fromkeys(["naive", method]))
     job = {"job": "moe_pair", "a": str(ckpt_a), "b": str(ckpt_b), "methods": methods, "options": options or {},
            "data": data_cfg, "barrier": barrier_cfg, "max_orders": max_orders}
