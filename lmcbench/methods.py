@@ -20,6 +20,7 @@ or given with `--plugin` (`load_methods`). README "Add a method".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -296,6 +297,7 @@ def type_schema(hint) -> dict:
                     f"Literal[...], tuple[...], X | None")
 
 
+@functools.cache   # source is read once per class (every config check builds the schema)
 def field_comments(options_class: type) -> dict[str, str]:
     """`name: type = default  # comment` lines of the class's source: the options' descriptions."""
     try:
