@@ -162,7 +162,7 @@ def test_moe_plugin_reaches_tables_figures_and_the_listing(tmp_path, monkeypatch
     pair = tmp_path / "pair"
     assert main(["moe", str(tmp_path / "job" / "seed0"), str(tmp_path / "job" / "seed1"), "--method", MOE_METHOD,
                  "--opt", "seed=3", "--plugin", MOE_PLUGIN, "--dataset", "mnist5k", "--points", "3",
-                 "--max-examples", "32", "--batch-size", "64", "--out", str(pair)]) == 0
+                 "--max-examples", "32", "--batch-size", "64", "--splits", "test", "--out", str(pair)]) == 0
     ours = pd.read_csv(pair / "barriers.csv").set_index(["method", "split", "metric"])["barrier"]
     sweep = barriers.query("seed_a == 0 and seed_b == 1").set_index(["method", "split", "metric"])["barrier"]
     assert ours.index.get_level_values("method").unique().tolist() == ["naive", MOE_METHOD]
