@@ -192,3 +192,43 @@ def barriers(curve: pd.DataFrame) -> pd.DataFrame:
             "value_b": float(group["value"].iloc[0]), "value_a": float(group["value"].iloc[-1]),
         })
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------- curve summaries beyond the barrier (MoE-LMC §4, §6.3)
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
+
+
+def chord_auc(lambdas, values, higher_is_better: bool = False) -> float:
+    """∫₀¹ (metric − chord) dλ (loss) or ∫ (chord − metric) dλ (accuracy), trapezoid on the grid."""
+    lambdas, values = np.asarray(lambdas, float), np.asarray(values, float)
+    order = np.argsort(lambdas)
+    lambdas, values = lambdas[order], values[order]
+    chord = values[0] + (lambdas - lambdas[0]) / (lambdas[-1] - lambdas[0]) * (values[-1] - values[0])
+    return _trapezoid((chord - values) if higher_is_better else (values - chord), lambdas)
+
+
+def curve_metrics(curve: pd.DataFrame) -> pd.DataFrame:
+    """`lmcbench.barrier.barriers` (chord and midpoint barriers) plus the chord AUC per (split, metric)."""
+    table = barriers(curve)
+    aucs = {key: chord_auc(g.sort_values("lambda")["lambda"], g.sort_values("lambda")["value"],
+                           HIGHER_IS_BETTER[key[1]]) for key, g in curve.groupby(["split", "metric"])}
+    table["auc"] = [aucs[(s, m)] for s, m in zip(table["split"], table["metric"])]
+    return table
+
+
+def add_ratios(table: pd.DataFrame, keys=("seed_a", "seed_b", "split", "metric")) -> pd.DataFrame:
+    """ratio_to_naive and auc_ratio_to_naive: each row's barrier (AUC) over the naive row of the same pair."""
+    keys = list(keys)
+    naive = table[table["method"] == "naive"].set_index(keys)
+    joined = table.join(naive[["barrier", "auc"]].rename(columns={"barrier": "_nb", "auc": "_na"}), on=keys)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table = table.assign(ratio_to_naive=np.where(joined["_nb"] > 0, joined["barrier"] / joined["_nb"], np.nan),
+                             auc_ratio_to_naive=np.where(joined["_na"] > 0, joined["auc"] / joined["_na"], np.nan))
+    return table
+
+
+def scaled_excess(l_method: float, l_best: float, l_naive: float) -> float:
+    """L̂ = (L_method − L_best)/(L_naive − L_best) × 100 [paper §6.3]; NaN when naive is already best."""
+    gap = l_naive - l_best
+    return float((l_method - l_best) / gap * 100) if gap > 0 else float("nan")

@@ -298,7 +298,7 @@ def _run(args, parser) -> int:
         return 0
     if args.command == "train":
         from lmcbench.config import load_profile
-        from lmcbench.jobs import train_job
+        from lmcbench.experiments.train import train_job
 
         config = load_profile(args.config)
         if args.model not in config["models"]:
@@ -308,7 +308,7 @@ def _run(args, parser) -> int:
             train_job(args.out, args.model, model_cfg, config["datasets"][model_cfg["dataset"]], args.seed)
         return 0
     if args.command == "align":
-        from lmcbench.jobs import pairs_job
+        from lmcbench.experiments.glmc import pairs_job
 
         options, barrier_cfg = _method_options(args, "glmc"), _barrier_cfg(args)
         with job_context(args.log):
@@ -318,7 +318,7 @@ def _run(args, parser) -> int:
         print(table[["split", "metric", "barrier", "barrier_midpoint", "argmax_lambda"]].to_string(index=False))
         return 0
     if args.command == "moe":
-        from lmcbench.moe.jobs import moe_pair_job
+        from lmcbench.experiments.moe import moe_pair_job
 
         options, barrier_cfg = _method_options(args, "moe_order"), _barrier_cfg(args)
         with job_context(args.log):
@@ -328,7 +328,7 @@ def _run(args, parser) -> int:
         return 0
     if args.command == "ace":
         from lmcbench import methods
-        from lmcbench.ace.jobs import nbody_data_job, task_job
+        from lmcbench.experiments.ace import nbody_data_job, task_job
         from lmcbench.config import load_profile
 
         ace = load_profile(args.config)["ace"]

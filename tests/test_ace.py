@@ -157,7 +157,7 @@ def test_nbody_generation_deterministic_and_conservative():
 
 def test_experiment_jobs_write_tables(tmp_path):
     pytest.importorskip("escnn")
-    from lmcbench.ace.jobs import experiment_job, nbody_data_job, task_job
+    from lmcbench.experiments.ace import experiment_job, nbody_data_job, task_job
     from lmcbench.ace.report import ace_tables
 
     cfg = {
@@ -272,7 +272,7 @@ def _image_gamma_trajectory(st: dict, epochs: int = 6) -> np.ndarray:
     """ace_equality γ trajectory [steps, layers] of a tiny real steerable CNN on rotated mnist5k digits."""
     pytest.importorskip("escnn")
     from lmcbench.ace.baselines import TrainSettings, method
-    from lmcbench.ace.jobs import ImageTask
+    from lmcbench.experiments.ace import ImageTask
     from lmcbench.ace.models import SteerableCNN
 
     from conftest import MNIST_CFG

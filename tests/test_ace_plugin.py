@@ -49,7 +49,7 @@ def test_dry_run_schedules_the_plugin_method(tmp_path):
 
 def test_plugin_method_trains_and_reaches_tables_figures_and_listing(tmp_path, monkeypatch, capsys, registry):  # noqa: F811
     pytest.importorskip("escnn")
-    from lmcbench.ace.jobs import task_job
+    from lmcbench.experiments.ace import task_job
     from lmcbench.ace.report import ace_figures, ace_tables
     from lmcbench.cli import main
 
@@ -104,7 +104,7 @@ def test_cli_trains_the_plugin_method_with_checked_options(tmp_path, monkeypatch
 
 
 def test_dual_lr_experiment_needs_a_method_with_a_dual_lr_option():
-    from lmcbench.ace.jobs import experiment_methods
+    from lmcbench.experiments.ace import experiment_methods
 
     cfg = {"experiments": {"dual_lr": {"method": "strict", "values": [0.1]}}}
     with pytest.raises(ValueError, match="ace.experiments.dual_lr.method = 'strict' has no dual_lr option; "

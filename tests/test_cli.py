@@ -18,7 +18,7 @@ from conftest import data_cfg, model_cfg
 from lmcbench.checkpoints import load_model
 from lmcbench.cli import main
 from lmcbench.data import load_dataset
-from lmcbench.jobs import train_job
+from lmcbench.experiments.train import train_job
 from lmcbench.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -66,8 +66,8 @@ def test_every_key_the_rules_read_is_in_the_effective_profile(profile):
     assert not missing, f"profile {profile}: the rules read keys the effective config lacks: {missing}"
 
 
-@pytest.mark.parametrize("command, job, block", [("align", "lmcbench.jobs.pairs_job", ("barrier",)),
-                                                 ("moe", "lmcbench.moe.jobs.moe_pair_job", ("barrier", "moe.barrier"))])
+@pytest.mark.parametrize("command, job, block", [("align", "lmcbench.experiments.glmc.pairs_job", ("barrier",)),
+                                                 ("moe", "lmcbench.experiments.moe.moe_pair_job", ("barrier", "moe.barrier"))])
 def test_cli_barrier_defaults_are_the_default_profiles(command, job, block, monkeypatch, tmp_path):
     """`lmcbench align` / `moe` without barrier flags evaluate the barrier as the workflow's default profile does."""
     import importlib
@@ -104,7 +104,7 @@ PACKAGE_ALLOWED = {
     ("claims.py", "id"): "error text for a claim without an id",
     ("claims.py", "paper_source"): "claims registry: optional text columns, empty when absent",
     ("claims.py", "basis"): "claims registry: optional text columns, empty when absent",
-    ("jobs.py", "dataset"): "error text: a checkpoint whose info names no dataset",
+    ("experiments/glmc.py", "dataset"): "error text: a checkpoint whose info names no dataset",
     ("timing.py", "run_id"): "provenance without a run id (older runs)",
     ("timing.py", "metric"): "timing rows: metric name, empty when absent",
     ("timing.py", "cpu_time"): "timing records: '-' = not measured",
@@ -113,10 +113,9 @@ PACKAGE_ALLOWED = {
     # optional config keys (the schema lists them without a default; absent has this meaning)
     ("ace/models.py", "n_bases"): "ace.image.arch.n_bases: relaxed group convolution's filter bases",
     ("ace/models.py", "group"): "ace.image.arch.group: the cyclic group C unless D is given",
-    # NOT YET MOVED: ACE job code, another engineer's file during issue 14; same values as the default profile
-    ("ace/jobs.py", "group"): "ace.image.arch.group, as in ace/models.py",
-    ("ace/jobs.py", "log_every"): "ace.log_every (the default profile sets it)",
-    ("ace/jobs.py", "method"): "ace.experiments.dual_lr.method",
+    ("experiments/ace.py", "group"): "ace.image.arch.group, as in ace/models.py",
+    ("experiments/ace.py", "method"): "ace.experiments.dual_lr.method: the method whose dual step size is swept; "
+                                      "absent = ace_equality",
 }
 
 

@@ -125,7 +125,7 @@ def test_moe_plugin_reaches_tables_figures_and_the_listing(tmp_path, monkeypatch
     """A real (tiny) sweep job with the plugin method, then the MoE tables and figures built from it."""
     from lmcbench import plots
     from lmcbench.checkpoints import save_model
-    from lmcbench.moe.jobs import moe_sweep_job
+    from lmcbench.experiments.moe import moe_sweep_job
     from lmcbench.tables import moe_tables
     from lmcbench.cli import main
 

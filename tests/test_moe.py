@@ -14,7 +14,8 @@ from lmcbench.models.moe import MoE, freeze_backbone, insert_moe, moe_modules, r
 from lmcbench.moe import diagnostics as D
 from lmcbench.moe import matching as M
 from lmcbench.moe import symmetry as S
-from lmcbench.moe.jobs import add_ratios, chord_auc, order_rank, scaled_excess
+from lmcbench.barrier import add_ratios, chord_auc, scaled_excess
+from lmcbench.moe.diagnostics import order_rank
 
 GATINGS = ("dense", "topk", "shared")
 P = "layer"  # prefix of the single MoE layer in the standalone tests
@@ -236,7 +237,7 @@ def test_barrier_invariant_to_gate_translation(datasets):
 
 
 def test_sweep_job_and_tables(tmp_path, backbone_ckpt):
-    from lmcbench.moe.jobs import moe_sweep_job
+    from lmcbench.experiments.moe import moe_sweep_job
     from lmcbench.tables import moe_tables
 
     moe_cfg = {"n_experts": 3, "gating": "topk", "k": 2, "placement": "first", "hidden": 16}

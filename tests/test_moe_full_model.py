@@ -54,7 +54,7 @@ def test_full_alignment_recovers_a_permuted_copy(datasets):
 
 def test_full_model_job(tmp_path, datasets):
     from lmcbench.checkpoints import save_model
-    from lmcbench.moe.full_model import moe_full_model_job
+    from lmcbench.experiments.moe import moe_full_model_job
 
     cfg = vit_cfg()
     ckpts = []

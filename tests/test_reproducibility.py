@@ -10,7 +10,8 @@ import torch
 from conftest import data_cfg, model_cfg, state_equal
 from lmcbench.checkpoints import load_model
 from lmcbench.io import PROVENANCE_PACKAGES, read_json
-from lmcbench.jobs import pairs_job, train_job
+from lmcbench.experiments.glmc import pairs_job
+from lmcbench.experiments.train import train_job
 
 SEEDS = (0, 1)
 BARRIER_CFG = {"points": 5, "splits": ["train", "test"], "max_examples": 48, "batch_size": 48}

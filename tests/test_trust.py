@@ -65,7 +65,7 @@ def reference(reference_run) -> dict[str, bytes]:
 def _interrupted_train_job(out: Path, cfg: dict, data: dict, seed: int) -> None:
     """Start `train_job` and kill it (KeyboardInterrupt) at its second evaluation: resume.pt is left behind."""
     from lmcbench import training
-    from lmcbench.jobs import train_job
+    from lmcbench.experiments.train import train_job
 
     calls, evaluate = [], training.evaluate
 
@@ -124,7 +124,7 @@ def test_workflow_never_resumes_another_runs_state(tmp_path, reference, change):
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_outputs_get_the_umask_mode(tmp_path, umask):
     from lmcbench.io import atomic_path, write_json
-    from lmcbench.jobs import train_job
+    from lmcbench.experiments.train import train_job
 
     old = os.umask(umask)
     try:
@@ -211,7 +211,7 @@ def test_matcher_option_typo_runs_no_job(tmp_path):
 # ============================================================================ 4. corrupt checkpoints
 @pytest.fixture(scope="module")
 def vit_checkpoint(tmp_path_factory) -> Path:
-    from lmcbench.jobs import train_job
+    from lmcbench.experiments.train import train_job
 
     out = tmp_path_factory.mktemp("ckpt") / "vit"
     return train_job(out, "vit", model_cfg("vit", steps=2, eval_every=2), data_cfg("vit"), 0, progress=False)
@@ -240,7 +240,7 @@ def test_damaged_checkpoint_errors_name_the_file(vit_checkpoint, tmp_path, damag
 
 # ============================================================================ 6. CLI: one line, no traceback
 def test_cli_errors_are_one_line_without_traceback(vit_checkpoint, tmp_path, capsys):
-    from lmcbench.jobs import train_job
+    from lmcbench.experiments.train import train_job
 
     narrow = train_job(tmp_path / "narrow", "vit", model_cfg("vit", {"embed_dim": 8, "mlp_dim": 16}, steps=2,
                                                              eval_every=2), data_cfg("vit"), 1, progress=False)

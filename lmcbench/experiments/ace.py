@@ -181,7 +181,7 @@ def run_one(task_name: str, task, cfg: dict, method: str, seed: int, keys: dict,
     build = build_image_model if task_name == "image" else build_nbody_model
     model = build(tcfg, trainer.model)
     t0 = time.time()
-    result = trainer.fit(model, task, train, seed, cfg.get("log_every", 5))
+    result = trainer.fit(model, task, train, seed, cfg["log_every"])
     seconds = time.time() - t0
     keys = {**keys, "method": method, "seed": seed, "n_train": task.n_train,
             "dual_lr": getattr(trainer.options, "dual_lr", float("nan"))}   # empty for a method without a dual step

@@ -19,12 +19,11 @@ import time
 from itertools import combinations
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from lmcbench import methods as registry
-from lmcbench.barrier import HIGHER_IS_BETTER, barriers, default_grid, interpolation_curve
+from lmcbench.barrier import add_ratios, barriers, curve_metrics, default_grid, interpolation_curve, scaled_excess
 from lmcbench.moe import diagnostics as D
 from lmcbench.moe.diagnostics import order_rank
 from lmcbench.checkpoints import load_model, save_model
@@ -33,6 +32,7 @@ from lmcbench.io import provenance, run_id, write_json
 from lmcbench.config import load_default_profile
 from lmcbench.models.moe import MOE_KEYS, AuxLossTask, freeze_backbone, insert_moe, moe_layer_defaults
 from lmcbench.moe.evaluation import PairEvaluator
+from lmcbench.moe.full_model import align_full, moe_backbone_spec
 from lmcbench.moe.router_init import kmeans_routers
 from lmcbench.moe.matching import align, align_with_orders, all_orders, order_key
 from lmcbench.tables import write_csv
@@ -40,46 +40,6 @@ from lmcbench.tasks import make_task
 from lmcbench.training import TrainConfig, seed_everything, train
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------- metrics
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
-    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
-
-
-def chord_auc(lambdas, values, higher_is_better: bool = False) -> float:
-    """∫₀¹ (metric − chord) dλ (loss) or ∫ (chord − metric) dλ (accuracy), trapezoid on the grid."""
-    lambdas, values = np.asarray(lambdas, float), np.asarray(values, float)
-    order = np.argsort(lambdas)
-    lambdas, values = lambdas[order], values[order]
-    chord = values[0] + (lambdas - lambdas[0]) / (lambdas[-1] - lambdas[0]) * (values[-1] - values[0])
-    return _trapezoid((chord - values) if higher_is_better else (values - chord), lambdas)
-
-
-def curve_metrics(curve: pd.DataFrame) -> pd.DataFrame:
-    """`lmcbench.barrier.barriers` (chord and midpoint barriers) plus the chord AUC per (split, metric)."""
-    table = barriers(curve)
-    aucs = {key: chord_auc(g.sort_values("lambda")["lambda"], g.sort_values("lambda")["value"],
-                           HIGHER_IS_BETTER[key[1]]) for key, g in curve.groupby(["split", "metric"])}
-    table["auc"] = [aucs[(s, m)] for s, m in zip(table["split"], table["metric"])]
-    return table
-
-
-def add_ratios(table: pd.DataFrame, keys=("seed_a", "seed_b", "split", "metric")) -> pd.DataFrame:
-    """ratio_to_naive and auc_ratio_to_naive: each row's barrier (AUC) over the naive row of the same pair."""
-    keys = list(keys)
-    naive = table[table["method"] == "naive"].set_index(keys)
-    joined = table.join(naive[["barrier", "auc"]].rename(columns={"barrier": "_nb", "auc": "_na"}), on=keys)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        table = table.assign(ratio_to_naive=np.where(joined["_nb"] > 0, joined["barrier"] / joined["_nb"], np.nan),
-                             auc_ratio_to_naive=np.where(joined["_na"] > 0, joined["auc"] / joined["_na"], np.nan))
-    return table
-
-
-def scaled_excess(l_method: float, l_best: float, l_naive: float) -> float:
-    """L̂ = (L_method − L_best)/(L_naive − L_best) × 100 [paper §6.3]; NaN when naive is already best."""
-    gap = l_naive - l_best
-    return float((l_method - l_best) / gap * 100) if gap > 0 else float("nan")
 
 
 # --------------------------------------------------------------------------------------------- fine-tuning
@@ -276,4 +236,49 @@ def moe_pair_job(ckpt_a: str | Path, ckpt_b: str | Path, out_dir: str | Path, me
     write_csv(table, out_dir / "barriers.csv")
     write_csv(ranks, out_dir / "ranks.csv")
     write_json(out_dir / "provenance.json", {**provenance(job), "run_id": rid})
+    return table
+
+
+def moe_full_model_job(out_dir: str | Path, backbone_ckpts: list[str | Path], moe_cfg: dict, train_cfg: dict,
+                       data_cfg: dict, barrier_cfg: dict, methods: list[str], labels: dict | None = None,
+                       options: dict | None = None, progress: bool = False) -> pd.DataFrame:
+    """For every independently trained backbone: insert an MoE (initialised from the backbone's seed) and
+    fine-tune it; then align every pair of whole models with each registered moe_full method (`options`:
+    name -> its options) and interpolate. Writes barriers.csv, curve.csv, provenance.json."""
+    out_dir = Path(out_dir)
+    job = {"job": "moe_full_model", "backbones": [str(c) for c in backbone_ckpts], "moe": moe_cfg,
+           "train": train_cfg, "data": data_cfg, "barrier": barrier_cfg, "methods": list(methods),
+           "options": options or {}}
+    rid = run_id(job)
+    data, task, models, timing = None, None, {}, {}
+    start = time.perf_counter()
+    for ckpt in backbone_ckpts:
+        backbone, info = load_model(ckpt)
+        if task is None:
+            data = load_dataset(data_cfg)
+            task = make_task(data, info["model"])
+        model, _ = finetune_moe(backbone, task, moe_cfg, train_cfg, info["seed"], progress=progress)
+        models[info["seed"]] = model
+    timing["finetune_s"] = time.perf_counter() - start
+    seeds = sorted(models)
+    template = models[seeds[0]]
+    spec = moe_backbone_spec(template, info["model"], info["meta"])
+    curves, tables = [], []
+    start = time.perf_counter()
+    for a, b in combinations(seeds, 2):
+        state_a = {k: v.detach().clone() for k, v in models[a].state_dict().items()}
+        state_b = {k: v.detach().clone() for k, v in models[b].state_dict().items()}
+        keys = {**(labels or {}), "seed_a": a, "seed_b": b, "run_id": rid}
+        for method in methods:
+            aligned = align_full(spec, state_a, state_b, method, (options or {}).get(method))
+            curve = _curve(copy.deepcopy(template), task, state_a, aligned, barrier_cfg)
+            curves.append(curve.assign(method=method, **keys))
+            tables.append(curve_metrics(curve).assign(method=method, order="", **keys))
+    timing["align_s"] = time.perf_counter() - start
+    table = add_ratios(pd.concat(tables, ignore_index=True))
+    log.info("full-model alignment (test):\n%s", table.query("split == 'test'").groupby(["method", "metric"])
+             [["barrier", "ratio_to_naive"]].mean().to_string())
+    write_csv(pd.concat(curves, ignore_index=True), out_dir / "curve.csv")
+    write_csv(table, out_dir / "barriers.csv")
+    write_json(out_dir / "provenance.json", {**provenance(job, seeds[0]), "run_id": rid, "timing": timing})
     return table

@@ -6,8 +6,10 @@
   translation) and per-expert hidden-unit permutations.
 * `lmcbench.moe.matching` — Algorithm 1 (gate_wm / expert_wm + Step 2) and the naive, skip_order and
   best_order baselines.
-* `lmcbench.moe.jobs` — chord AUC, ratios to naive, order ranks, scaled excess barrier, and the
-  `moe_sweep_job` (fine-tune per seed on a frozen backbone, align all pairs, write tidy CSVs).
+* `lmcbench.moe.diagnostics` — whether a pair can test the claim: routing entropy, expert movement,
+  cross-seed expert similarity, cost–barrier correlation; order ranks.
 * `lmcbench.moe.full_model` — beyond the paper: whole-model alignment of MoE transformers on
-  independently trained backbones (`moe_full_model_job`).
+  independently trained backbones.
+* Curve summaries (chord AUC, ratios to naive, scaled excess barrier) sit with the barrier engine
+  (`lmcbench.barrier`); the jobs (`moe_sweep_job`, `moe_full_model_job`) in `lmcbench.experiments.moe`.
 """

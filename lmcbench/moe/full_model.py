@@ -16,29 +16,18 @@ and hidden units unmatched); full_gate_wm / full_expert_wm (backbone + Algorithm
 """
 from __future__ import annotations
 
-import copy
 import logging
-import time
 from dataclasses import dataclass
-from itertools import combinations
-from pathlib import Path
 
-import pandas as pd
 import torch
 
 from lmcbench import methods as registry
-from lmcbench.checkpoints import load_model
-from lmcbench.data import load_dataset
-from lmcbench.io import provenance, run_id, write_json
 from lmcbench.matchers.weight_matching import _permutation_spec, permutation_weight_matching
-from lmcbench.models import build_model
-from lmcbench.moe.jobs import _curve, add_ratios, curve_metrics, finetune_moe
 from lmcbench.methods import NoOptions
+from lmcbench.models import build_model
 from lmcbench.moe.matching import align
 from lmcbench.moe.symmetry import has_shared, moe_prefixes
 from lmcbench.symmetry.spec import Action, Space, SymmetrySpec
-from lmcbench.tables import write_csv
-from lmcbench.tasks import make_task
 
 log = logging.getLogger(__name__)
 
@@ -130,48 +119,3 @@ def align_full(spec: SymmetrySpec, state_a: dict, state_b: dict, method: str, op
     """B aligned to A by registered moe_full `method` with `options` (config moe.full_model.options.<method>)."""
     registered = registry.get("moe_full", method)
     return registered.obj(spec, state_a, state_b, registered.parse(options, f"moe.full_model.options.{method}"), seed)
-
-
-def moe_full_model_job(out_dir: str | Path, backbone_ckpts: list[str | Path], moe_cfg: dict, train_cfg: dict,
-                       data_cfg: dict, barrier_cfg: dict, methods: list[str], labels: dict | None = None,
-                       options: dict | None = None, progress: bool = False) -> pd.DataFrame:
-    """For every independently trained backbone: insert an MoE (initialised from the backbone's seed) and
-    fine-tune it; then align every pair of whole models with each registered moe_full method (`options`:
-    name -> its options) and interpolate. Writes barriers.csv, curve.csv, provenance.json."""
-    out_dir = Path(out_dir)
-    job = {"job": "moe_full_model", "backbones": [str(c) for c in backbone_ckpts], "moe": moe_cfg,
-           "train": train_cfg, "data": data_cfg, "barrier": barrier_cfg, "methods": list(methods),
-           "options": options or {}}
-    rid = run_id(job)
-    data, task, models, timing = None, None, {}, {}
-    start = time.perf_counter()
-    for ckpt in backbone_ckpts:
-        backbone, info = load_model(ckpt)
-        if task is None:
-            data = load_dataset(data_cfg)
-            task = make_task(data, info["model"])
-        model, _ = finetune_moe(backbone, task, moe_cfg, train_cfg, info["seed"], progress=progress)
-        models[info["seed"]] = model
-    timing["finetune_s"] = time.perf_counter() - start
-    seeds = sorted(models)
-    template = models[seeds[0]]
-    spec = moe_backbone_spec(template, info["model"], info["meta"])
-    curves, tables = [], []
-    start = time.perf_counter()
-    for a, b in combinations(seeds, 2):
-        state_a = {k: v.detach().clone() for k, v in models[a].state_dict().items()}
-        state_b = {k: v.detach().clone() for k, v in models[b].state_dict().items()}
-        keys = {**(labels or {}), "seed_a": a, "seed_b": b, "run_id": rid}
-        for method in methods:
-            aligned = align_full(spec, state_a, state_b, method, (options or {}).get(method))
-            curve = _curve(copy.deepcopy(template), task, state_a, aligned, barrier_cfg)
-            curves.append(curve.assign(method=method, **keys))
-            tables.append(curve_metrics(curve).assign(method=method, order="", **keys))
-    timing["align_s"] = time.perf_counter() - start
-    table = add_ratios(pd.concat(tables, ignore_index=True))
-    log.info("full-model alignment (test):\n%s", table.query("split == 'test'").groupby(["method", "metric"])
-             [["barrier", "ratio_to_naive"]].mean().to_string())
-    write_csv(pd.concat(curves, ignore_index=True), out_dir / "curve.csv")
-    write_csv(table, out_dir / "barriers.csv")
-    write_json(out_dir / "provenance.json", {**provenance(job, seeds[0]), "run_id": rid, "timing": timing})
-    return table

@@ -124,7 +124,7 @@ def layer_order(method: str, options: dict | None = None) -> Callable:
     """`(state_a, state_b, prefix) -> τ | None` of a registered order method with its options checked."""
     registered = methods.get("moe_order", method)
     if registered.obj.evaluates_all_orders:
-        raise ValueError(f"moe_order method {method!r} evaluates all orders: lmcbench.moe.jobs.align_pair chooses "
+        raise ValueError(f"moe_order method {method!r} evaluates all orders: lmcbench.experiments.moe.align_pair chooses "
                          f"its order from their barriers")
     checked = registered.parse(options, f"moe.options.{method}")
     return lambda state_a, state_b, prefix: registered.obj.layer_order(state_a, state_b, prefix, checked)

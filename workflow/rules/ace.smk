@@ -12,7 +12,7 @@ ACE_RECORDS = [f"{RESULTS}/ace/{t}/records.csv" for t in ACE_TASKS]
 
 def ace_plan(wildcards):
     """The registered methods each experiment trains on this task (plugins' too): the job's line in `snakemake -n`."""
-    from lmcbench.ace.jobs import experiment_methods
+    from lmcbench.experiments.ace import experiment_methods
 
     return "; ".join(f"{e}: {', '.join(experiment_methods(e, wildcards.ace_task, ACE))}" for e in ACE_EXPERIMENTS)
 

@@ -4,7 +4,7 @@ apply(snakemake.config.get("numerics"))   # first, before torch and numpy load: 
 
 from pathlib import Path
 
-from lmcbench.moe.full_model import moe_full_model_job
+from lmcbench.experiments.moe import moe_full_model_job
 from lmcbench.runner import snakemake_job
 
 with snakemake_job(snakemake):

@@ -4,7 +4,7 @@ apply(snakemake.config.get("numerics"))   # first, before torch and numpy load: 
 
 from pathlib import Path
 
-from lmcbench.moe.jobs import moe_sweep_job
+from lmcbench.experiments.moe import moe_sweep_job
 from lmcbench.runner import snakemake_job
 
 with snakemake_job(snakemake):
