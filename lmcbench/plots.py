@@ -12,7 +12,7 @@ import seaborn as sns  # noqa: E402
 from lmcbench.io import atomic_path  # noqa: E402
 
 
-def _save(grid, path: str | Path, title: str) -> None:
+def save_figure(grid, path: str | Path, title: str) -> None:
     grid.figure.suptitle(title, y=1.02)
     with atomic_path(path) as tmp:
         grid.figure.savefig(tmp, dpi=120, bbox_inches="tight")
@@ -32,7 +32,7 @@ def training_curves(history: pd.DataFrame, path: str | Path, profile: str = "") 
     """Validation loss against step, one line per seed, one panel per model."""
     grid = sns.relplot(data=history, x="step", y="val_loss", hue="seed", col="model", kind="line",
                        facet_kws={"sharey": False, "sharex": False}, height=3, aspect=1.3, palette="tab10")
-    _save(grid, path, f"Training: validation loss ({profile} profile, {history['seed'].nunique()} seeds)")
+    save_figure(grid, path, f"Training: validation loss ({profile} profile, {history['seed'].nunique()} seeds)")
 
 
 def interpolation_curves(curves: pd.DataFrame, path: str | Path, profile: str = "",
@@ -46,7 +46,7 @@ def interpolation_curves(curves: pd.DataFrame, path: str | Path, profile: str = 
                        marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
     grid.set_axis_labels("λ (1 = model A, 0 = aligned model B)", "")
     n_pairs = curves.groupby(["model", "method"])[["seed_a", "seed_b"]].apply(lambda f: len(f.drop_duplicates())).max()
-    _save(grid, path, f"{title} ({profile} profile, {n_pairs} seed pairs per method)")
+    save_figure(grid, path, f"{title} ({profile} profile, {n_pairs} seed pairs per method)")
 
 
 def barrier_summary(barriers: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test") -> None:
@@ -58,7 +58,7 @@ def barrier_summary(barriers: pd.DataFrame, path: str | Path, profile: str = "",
     grid = sns.catplot(data=part, x="method", y="barrier", col="model", row="metric", kind="bar",
                        errorbar="sd", sharey=False, height=2.8, aspect=1.4)
     grid.set_xticklabels(rotation=30, ha="right")
-    _save(grid, path, f"Chord barrier on the {split} split ({profile} profile)")
+    save_figure(grid, path, f"Chord barrier on the {split} split ({profile} profile)")
 
 
 def simplex_heatmap(surface: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test",
@@ -78,7 +78,7 @@ def simplex_heatmap(surface: pd.DataFrame, path: str | Path, profile: str = "", 
         for (vx, vy), label in zip([(0, 0), (1, 0), (0.5, 3 ** 0.5 / 2)], ["θ₀", "θ₁", "θ₂"]):
             ax.annotate(label, (vx, vy), textcoords="offset points", xytext=(0, -14 if vy == 0 else 8), ha="center")
     grid.set_axis_labels("", "")
-    _save(grid, path, f"Three-model {split} {metric} over the simplex ({profile} profile)")
+    save_figure(grid, path, f"Three-model {split} {metric} over the simplex ({profile} profile)")
 
 
 # --------------------------------------------------------------------------------------------- MoE-LMC
@@ -90,7 +90,7 @@ def moe_curves(curves: pd.DataFrame, path: str | Path, profile: str = "", split:
     grid = sns.relplot(data=part, x="lambda", y="value", hue="method", col="panel", col_wrap=3, kind="line",
                        marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
     grid.set_axis_labels("λ (1 = model A, 0 = aligned model B)", f"{split} {metric}")
-    _save(grid, path, f"MoE-LMC: {split} {metric} along the linear path ({profile} profile)")
+    save_figure(grid, path, f"MoE-LMC: {split} {metric} along the linear path ({profile} profile)")
     return grid
 
 
@@ -113,7 +113,7 @@ def moe_ratio_heatmap(barriers: pd.DataFrame, path: str | Path, profile: str = "
 
     grid = sns.FacetGrid(mean, row="method", col="panel", height=2.6, aspect=1.1)
     grid.map_dataframe(draw)
-    _save(grid, path, f"MoE-LMC: {split} {metric} barrier, method / naive ({profile} profile)")
+    save_figure(grid, path, f"MoE-LMC: {split} {metric} barrier, method / naive ({profile} profile)")
     return grid
 
 
@@ -124,5 +124,5 @@ def moe_rank_hist(ranks: pd.DataFrame, path: str | Path, profile: str = ""):
         return
     grid = sns.displot(data=ranks, x="rank", hue="method", col="n_orders", multiple="dodge", discrete=True,
                        shrink=0.8, height=2.8, aspect=1.3, facet_kws={"sharex": False, "sharey": False})
-    _save(grid, path, f"MoE-LMC: rank of the chosen expert order among all orders ({profile} profile)")
+    save_figure(grid, path, f"MoE-LMC: rank of the chosen expert order among all orders ({profile} profile)")
     return grid

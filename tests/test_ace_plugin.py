@@ -74,7 +74,7 @@ def test_plugin_method_trains_and_reaches_tables_figures_and_listing(tmp_path, m
     assert set(ours["eval"]) == {"mixed"} and {"accuracy", "equiv_err"} <= set(ours["metric"])
 
     saved = []
-    monkeypatch.setattr("lmcbench.plots._save", lambda grid, path, title: saved.append((grid, path)))
+    monkeypatch.setattr("lmcbench.plots.save_figure", lambda grid, path, title: saved.append((grid, path)))
     figs = SimpleNamespace(**{k: tmp_path / f"{k}.png" for k in ("trajectories", "sample_efficiency", "equivariance")})
     ace_figures(results, pd.read_csv(out.trajectories), figs, "test")
     for figure in (figs.sample_efficiency, figs.equivariance):

@@ -60,17 +60,18 @@ def ace_tables(record_files, outputs, reference: str | Path) -> pd.DataFrame:
 def ace_figures(results: pd.DataFrame, trajectories: pd.DataFrame, outputs, profile: str = "") -> None:
     import seaborn as sns
 
-    from lmcbench.plots import _save
+    from lmcbench.plots import save_figure
 
     # γ and λ trajectories of the ACE runs in the accuracy / partial-symmetry experiments
-    traj = trajectories[trajectories["method"].str.startswith("ace")
-                        & trajectories["experiment"].isin(["accuracy", "partial_symmetry"])]
+    # runs with a dual step (λ recorded), whatever the method is called
+    dual = trajectories.groupby("method")["lambda"].transform(lambda v: v.notna().any())
+    traj = trajectories[dual & trajectories["experiment"].isin(["accuracy", "partial_symmetry"])]
     long = traj.melt(id_vars=["task", "regime", "method", "seed", "step", "layer"], value_vars=["gamma", "lambda"],
                      var_name="variable", value_name="v")
     long = long.assign(panel=long["task"] + " · " + long["regime"] + " · " + long["method"])
     grid = sns.relplot(data=long, x="step", y="v", hue="layer", row="variable", col="panel", kind="line",
                        facet_kws={"sharey": False, "sharex": False}, height=2.6, aspect=1.2, errorbar=None)
-    _save(grid, outputs.trajectories, f"ACE γ and λ per mixed layer ({profile} profile)")
+    save_figure(grid, outputs.trajectories, f"ACE γ and λ per mixed layer ({profile} profile)")
 
     head = results[results["headline"] & (results["split"] == "test")]
     perf = head[head["metric"].isin(["accuracy", "mse"])]
@@ -78,7 +79,7 @@ def ace_figures(results: pd.DataFrame, trajectories: pd.DataFrame, outputs, prof
     grid = sns.relplot(data=se, x="n_train", y="value", hue="method", col="task", kind="line", marker="o",
                        facet_kws={"sharey": False, "sharex": False}, height=3, aspect=1.2)
     grid.set_axis_labels("training examples", "test metric (accuracy ↑ / MSE ↓)")
-    _save(grid, outputs.sample_efficiency, f"Sample efficiency ({profile} profile)")
+    save_figure(grid, outputs.sample_efficiency, f"Sample efficiency ({profile} profile)")
 
     eq = head[(head["metric"] == "equiv_err") & (head["layer"] == "output")]
     keys = ["experiment", "task", "regime", "method", "seed", "n_train", "perturbation", "dual_lr"]
@@ -89,4 +90,4 @@ def ace_figures(results: pd.DataFrame, trajectories: pd.DataFrame, outputs, prof
     for ax in grid.axes.flat:
         ax.set_xscale("log")
     grid.set_axis_labels("relative equivariance error at the output (reported model)", "test metric")
-    _save(grid, outputs.equivariance, f"Equivariance error against task metric ({profile} profile)")
+    save_figure(grid, outputs.equivariance, f"Equivariance error against task metric ({profile} profile)")

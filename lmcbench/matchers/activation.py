@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lmcbench.matchers import Alignment, MatchContext, register
 from lmcbench.matchers.assignment import match_units
-from lmcbench.matchers.weight_matching import Aligner, _permutation_spec, detached_state
+from lmcbench.matchers.weight_matching import Aligner, permutation_spec, detached_state
 from lmcbench.symmetry import layout_for
 from lmcbench.symmetry.spec import Layout
 
@@ -73,7 +73,7 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, context: MatchCo
     layout = layout_for(model_a)
     acts_a = record_activations(model_a, layout, context.task.logits, inputs)
     acts_b = record_activations(model_b, layout, context.task.logits, inputs)
-    spec = _permutation_spec(model_a)
+    spec = permutation_spec(model_a)
     aligner = Aligner(spec, detached_state(model_a), detached_state(model_b))
 
     residual_keys = [k for k in acts_a if k.startswith("residual")]

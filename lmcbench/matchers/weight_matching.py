@@ -89,7 +89,7 @@ def permutation_weight_matching(spec: SymmetrySpec, state_a: dict, state_b: dict
     return aligner
 
 
-def _permutation_spec(model: nn.Module) -> SymmetrySpec:
+def permutation_spec(model: nn.Module) -> SymmetrySpec:
     """Residual stream, heads and MLP units as permutations: the classes a LayerNorm model has."""
     spec = spec_for(model).subset("residual", "blocks.*.heads", "blocks.*.mlp")
     return SymmetrySpec(tuple(Space(s.name, "perm", s.dim, s.actions, s.block) for s in spec))
@@ -103,7 +103,7 @@ class PermWeightMatchingOptions:
 @register("perm_weight_matching", options=PermWeightMatchingOptions)
 def perm_weight_matching(model_a: nn.Module, model_b: nn.Module, context: MatchContext) -> Alignment:
     """Git Re-Basin weight matching over the residual stream, heads and MLP units (permutations only)."""
-    spec = _permutation_spec(model_a)
+    spec = permutation_spec(model_a)
     aligner = permutation_weight_matching(spec, detached_state(model_a), detached_state(model_b),
                                           context.options.max_sweeps, context.seed)
     return Alignment(model_a, detached_state(model_a), aligner.state_b, {"spaces": sorted(aligner.element)})

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from lmcbench import methods as registry
-from lmcbench.matchers.weight_matching import _permutation_spec, permutation_weight_matching
+from lmcbench.matchers.weight_matching import permutation_spec, permutation_weight_matching
 from lmcbench.methods import NoOptions
 from lmcbench.models import build_model
 from lmcbench.moe.matching import align
@@ -46,7 +46,7 @@ def moe_residual_actions(prefix: str, shared: bool) -> list[Action]:
 def moe_backbone_spec(model: torch.nn.Module, model_cfg: dict, meta: dict) -> SymmetrySpec:
     """Permutation spec of an MoE model's backbone (see the module docstring)."""
     dense_cfg = {k: v for k, v in model_cfg.items() if k != "moe"}
-    spec = _permutation_spec(build_model(dense_cfg, meta))
+    spec = permutation_spec(build_model(dense_cfg, meta))
     state = model.state_dict()
     prefixes = moe_prefixes(model)
 
