@@ -162,10 +162,11 @@ def moe_testability_section(testability: pd.DataFrame) -> str:
     if testability.empty:
         return ""
     cols = ["variant", "model", "gating", "n_experts", "placement", "routing_entropy", "sim_unmatched",
-            "sim_matched", "rank_gate_wm", "rank_expert_wm", "lhat_gate_wm", "lhat_expert_wm", "testable"]
+            "sim_matched", "sim_gate_wm_at_init", "rank_gate_wm", "rank_expert_wm", "lhat_gate_wm", "lhat_expert_wm", "testable"]
     part = testability[testability["experiment"] == "sweep"][[c for c in cols if c in testability]]
     return ("MoE testability (`moe_testability.csv`): normalised routing entropy, cross-seed correlation of expert "
-            "outputs unmatched and after the best Step-1 order, mean rank among all expert orders and L̂ (scaled "
+            "outputs unmatched and after the best Step-1 order, the same correlation before fine-tuning under gate_wm's "
+            "order (`sim_gate_wm_at_init`: near 0 means the similarity was learned, not inherited), mean rank among all expert orders and L̂ (scaled "
             "excess over the best order, %); `testable` = entropy ≤ 0.8 and matched correlation ≥ 0.5.\n\n"
             + _md(part.round(3).fillna("–")))
 
