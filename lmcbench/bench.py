@@ -13,12 +13,11 @@ import os
 import resource
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from lmcbench.canonical import circuit_form
+from lmcbench.symmetry.canonical import circuit_form
 from lmcbench.matchers.weight_matching import as_model, default_device, ensure_canonical, glmc_weight_matching_states
 from lmcbench.models import build_model
 from lmcbench.numerics import cpu_info

@@ -20,13 +20,13 @@ from lmcbench.models import architecture_config, build_model
 
 
 def _canonical(model: nn.Module) -> nn.Module:
-    from lmcbench.canonical import canonicalize
+    from lmcbench.symmetry.canonical import canonicalize
 
     return canonicalize(model)
 
 
 def _circuit(model: nn.Module) -> nn.Module:
-    from lmcbench.canonical import canonicalize, circuit_form
+    from lmcbench.symmetry.canonical import canonicalize, circuit_form
 
     return circuit_form(canonicalize(model))
 

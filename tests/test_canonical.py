@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from lmcbench.canonical import (
+from lmcbench.symmetry.canonical import (
     RMSNorm,
     apply_head_gl,
     canonicalize,

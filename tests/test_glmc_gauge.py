@@ -20,7 +20,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import perturb
-from lmcbench.canonical import canonicalize, embed_like, embed_width
+from lmcbench.symmetry.canonical import canonicalize, embed_like, embed_width
 from lmcbench.data import Dataset
 from lmcbench.matchers import MATCHERS, MatchContext
 from lmcbench.matchers.universe import universe_matching

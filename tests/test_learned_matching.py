@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import perturb
 from test_matchers import CTX, IMG, VOCAB, loss_path, make, teacher_task
-from lmcbench.canonical import canonicalize
+from lmcbench.symmetry.canonical import canonicalize
 from lmcbench.data import Dataset
 from lmcbench.matchers import MATCHERS, MatchContext, learned
 from lmcbench.matchers.learned import LearnedOptions, relaxed_apply, train_latents

@@ -26,7 +26,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import perturb
 from lmcbench.barrier import barriers, interpolation_curve
-from lmcbench.canonical import RMSNorm, canonicalize
+from lmcbench.symmetry.canonical import RMSNorm, canonicalize
 from lmcbench.checkpoints import FORMS
 from lmcbench.data import Dataset
 from lmcbench import methods

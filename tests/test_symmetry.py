@@ -16,7 +16,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import perturb
-from lmcbench.canonical import canonicalize
+from lmcbench.symmetry.canonical import canonicalize
 from lmcbench.symmetry import (
     Action,
     Space,

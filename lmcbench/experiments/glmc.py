@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from lmcbench.barrier import barriers, default_grid, interpolation_curve, simplex_barriers, simplex_surface
-from lmcbench.canonical import canonicalize, embed_like
+from lmcbench.symmetry.canonical import canonicalize, embed_like
 from lmcbench.checkpoints import load_model, save_model
 from lmcbench.data import load_dataset
 from lmcbench.io import provenance, run_id, write_json

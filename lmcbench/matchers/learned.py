@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lmcbench.barrier import BoundModel
-from lmcbench.canonical import circuit_form, circuit_state_dict
+from lmcbench.symmetry.canonical import circuit_form, circuit_state_dict
 from lmcbench.matchers import Alignment, MatchContext, register
 from lmcbench.matchers.assignment import match_units
 from lmcbench.matchers.weight_matching import (active_tokens, detached_state, ensure_canonical, finish,

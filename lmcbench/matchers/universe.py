@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lmcbench import methods
-from lmcbench.canonical import circuit_form, circuit_state_dict
+from lmcbench.symmetry.canonical import circuit_form, circuit_state_dict
 from lmcbench.matchers import Alignment, MatchContext
 from lmcbench.matchers.learned import LearningOptions, dirichlet, learn_alignment
 from lmcbench.matchers.weight_matching import (

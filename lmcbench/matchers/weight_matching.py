@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lmcbench.canonical import canonicalize, circuit_form, head_circuits, head_factors
+from lmcbench.symmetry.canonical import canonicalize, circuit_form, head_circuits, head_factors
 from lmcbench.matchers import Alignment, MatchContext, register
 from lmcbench.matchers.assignment import (action_rows, cover_units, l1_distances, match_units,
                                          orthogonal_from_gram, unit_features)
@@ -291,7 +291,7 @@ def _mlp_step(aligner: Aligner, space_a: Space, space: Space, features_a: Tensor
             return _split_step(aligner, space_a, space)
         raise ValueError(f"{space.name}: A has {space_a.dim} MLP units and B {space.dim}; weight matching can "
                          "split a narrower B when its activation is positively homogeneous (ReLU), otherwise "
-                         "embed the narrower model first (lmcbench.canonical.embed_like)")
+                         "embed the narrower model first (lmcbench.symmetry.canonical.embed_like)")
     features_b = mlp_features(space, aligner.state_b, cost)
     score = l1_distances(features_a, features_b) if cost == "l1" else features_a @ features_b.T
     with phase("assignment"):

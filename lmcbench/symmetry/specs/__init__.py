@@ -1,7 +1,7 @@
 """Architecture registry: `spec_for(model)` dispatches on the module type.
 
 Adding an architecture = one layout function (module tree -> `Layout`, mostly via the shared
-`prenorm_blocks`) plus, for the shape-changing transforms of `lmcbench.canonical` (circuit form,
+`prenorm_blocks`) plus, for the shape-changing transforms of `lmcbench.symmetry.canonical` (circuit form,
 width embedding), one `resize` function that builds a fresh module of the same family.
 """
 from __future__ import annotations
