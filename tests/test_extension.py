@@ -63,6 +63,24 @@ def test_unknown_method_and_missing_plugin_are_named(registry):
         load_plugin("missing_plugin.py")
 
 
+def test_an_installed_package_registers_through_the_entry_point_group(tmp_path, monkeypatch, registry):
+    """A distribution declaring an entry point in group `lmcbench.methods` is loaded with the built-ins: its
+    methods are listed and checked without any `plugins:` entry."""
+    (tmp_path / "my_lmcbench_methods.py").write_text(
+        "from lmcbench.matchers import register\n\n"
+        "@register('installed_matcher')\n"
+        "def installed_matcher(model_a, model_b, context):\n"
+        "    \"\"\"A matcher from an installed package.\"\"\"\n")
+    info = tmp_path / "my_lmcbench_methods-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-lmcbench-methods\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{methods.ENTRY_POINT_GROUP}]\nmine = my_lmcbench_methods\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "installed_matcher" not in methods.REGISTRY["glmc"]
+    assert "installed_matcher" in methods.names("glmc")
+    check_methods({"glmc": {"methods": ["vanilla", "installed_matcher"]}})
+
+
 def test_unregistered_method_fails_before_any_job(tmp_path):
     _copy_workflow(tmp_path)
     result = snakemake("--cores", "2", *_config(tmp_path, {"glmc": {"methods": ["vanilla", METHOD]}}), "--",
