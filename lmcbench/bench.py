@@ -35,10 +35,12 @@ PHASES = ("canonicalise", "residual_once", "residual", "heads", "mlp_cost", "ass
 class PhaseTimer:
     """`timer(name)`: a context charging CPU seconds (process time, all threads) and wall seconds to
     `name`, exclusively: time spent in a nested phase is charged to it, not to the enclosing one.
-    On CUDA, the device is synchronised at each switch so kernels are charged to their phase."""
+    On CUDA, the device is synchronised at each switch so kernels are charged to their phase.
+    `peak_phase`: the phase during which the process's peak RSS was last raised."""
 
     def __init__(self, device: torch.device):
         self.cpu, self.wall, self.stack = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0), []
+        self.peak, self.peak_phase = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, None
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.last = (time.process_time(), time.perf_counter())
 
@@ -48,6 +50,9 @@ class PhaseTimer:
         if self.stack:
             self.cpu[self.stack[-1]] += now[0] - self.last[0]
             self.wall[self.stack[-1]] += now[1] - self.last[1]
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            if peak > self.peak:
+                self.peak, self.peak_phase = peak, self.stack[-1]
         self.last = now
 
     @contextmanager
@@ -91,7 +96,7 @@ def bench_matching(n_embd: int = 768, n_layer: int = 12, n_head: int = 12, vocab
     # popped, not passed from the list: the matcher drops its reference to B once B's state is taken
     canon_a, aligner = glmc_weight_matching_states(canonical.pop(0), canonical.pop(0), iterations=iterations,
                                                    mlp_cost=mlp_cost, device=device, phase=timer)
-    rss_match = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_match, rss_match_phase = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, timer.peak_phase
     with timer("circuits"):  # what `finish` returns: both models in circuit form (D+1-wide heads)
         circuit_form(canon_a)
         aligned = circuit_form(as_model(canon_a, aligner.state_b))
@@ -102,12 +107,14 @@ def bench_matching(n_embd: int = 768, n_layer: int = 12, n_head: int = 12, vocab
                  f"vocab {vocab_size}",
         "parameters": parameters,
         "iterations": iterations,
+        "rounds_run": aligner.rounds,   # fewer than iterations when a round changed nothing
         "mlp_cost": mlp_cost,
         "device": str(device),
         **{f"cpu_s.{name}": round(timer.cpu[name], 2) for name in PHASES},
         "cpu_s.total": round(cpu, 2),
         "wall_s.total": round(wall, 2),
         "peak_rss_gb.match": round(rss_match / 2 ** 20, 2),   # the process up to the end of matching
+        "peak_rss_phase.match": rss_match_phase,   # the phase in which matching's peak RSS was reached
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),   # incl. circuits
         "function_rel_error": f"{error:.2e}",   # aligned B (circuit form) vs B, max |Δ logits| / max |logits|
         "function_preserved": error <= 1e-4,

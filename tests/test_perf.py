@@ -10,6 +10,7 @@ regenerates it."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ import torch
 from conftest import fresh_model, gpt2_cfg, vit_cfg
 
 from lmcbench.matchers.assignment import l1_distances
-from lmcbench.matchers.weight_matching import glmc_weight_matching_states
+from lmcbench.matchers.weight_matching import glmc_weight_matching_states, head_distances
+from lmcbench.symmetry import layout_for
+from lmcbench.symmetry.canonical import canonicalize, circuit_form, head_circuits
 from lmcbench.tasks import make_task
 from lmcbench.training import TrainConfig, train
 
@@ -58,6 +61,24 @@ def test_optimised_matching_finds_the_previous_element(trained_pairs, family: st
             assert (found.double() - residual).abs().max().item() <= 1e-6, name
         else:
             assert found.tolist() == expected[name], name
+
+
+@pytest.mark.parametrize("family", ["gpt2", "vit"])
+def test_head_distances_are_the_circuit_distances(trained_pairs, family: str):
+    """The head cost computed from the factors equals ‖QK_A,i − QK_B,j‖ + ‖OV_A,i − OV_B,j‖ of the
+    materialised circuits (QK scaled as the circuit form stores it), for a canonical A and for A in
+    circuit form (the universe's case), against a canonical B."""
+    a, b = (canonicalize(m) for m in trained_pairs[family])
+    state_b, width = b.state_dict(), layout_for(b).width
+    for model_a in (a, circuit_form(a)):
+        state_a = model_a.state_dict()
+        for att_a, att_b in zip(layout_for(model_a).attentions, layout_for(b).attentions, strict=True):
+            qk_a, ov_a, qk_b, ov_b = (c.double() for att, sd in ((att_a, state_a), (att_b, state_b))
+                                      for c in head_circuits({k: v.double() for k, v in sd.items()}, att))
+            qk_a, qk_b = qk_a * math.sqrt((width + 1) / att_a.head_dim), qk_b * math.sqrt((width + 1) / att_b.head_dim)
+            expected = torch.cdist(qk_a.flatten(1), qk_b.flatten(1)) + torch.cdist(ov_a.flatten(1), ov_b.flatten(1))
+            found = head_distances(state_a, att_a, state_b, att_b, width)
+            assert torch.allclose(found, expected, rtol=1e-9, atol=1e-9 * expected.max().item())
 
 
 @pytest.mark.parametrize("kernel", ["fused", "torch"])
