@@ -140,8 +140,8 @@ def _check(ok: bool, space: Space, what: str) -> None:
         raise ValueError(f"element for space {space.name!r} ({space.group}): {what}")
 
 
-def _role_maps(space: Space, g: Tensor) -> dict[str, Callable[[Tensor], Tensor]]:
-    """For each action role, the map on coordinates (space axis last)."""
+def _role_maps(space: Space, g: Tensor, relaxed: bool = False) -> dict[str, Callable[[Tensor], Tensor]]:
+    """For each action role, the map on coordinates (space axis last). `relaxed`: see `apply`."""
     n, b = space.dim, space.block
     if not g.is_floating_point():  # index permutation: every role just reorders units
         _check(g.shape == (n,) and bool((g.sort().values == torch.arange(n, device=g.device)).all()),
@@ -153,7 +153,10 @@ def _role_maps(space: Space, g: Tensor) -> dict[str, Callable[[Tensor], Tensor]]
     eye = torch.eye(n, dtype=gd.dtype, device=gd.device)
     ones = eye.diagonal()
     tol = max(1e-4, 10 * torch.finfo(gd.dtype).eps)
-    if space.group == "perm":
+    if relaxed:   # the linear extension of the permutation action, in any space (all admit permutations)
+        _check(gd.shape[1] == n and bool((gd >= 0).all()), space, "a relaxed permutation must be square and non-negative")
+        reader, maps_scale = g, True
+    elif space.group == "perm":
         _check(gd.shape[1] == n and bool(((gd == 0) | (gd == 1)).all())
                and torch.equal(gd.sum(0), ones) and torch.equal(gd.sum(1), ones),
                space, "not a permutation matrix")
@@ -192,10 +195,15 @@ def _transform_axis(t: Tensor, axis: int, segments: list[tuple[int, int, Callabl
     return torch.cat(pieces, -1).movedim(-1, axis)
 
 
-def apply(spec: SymmetrySpec, state_dict: dict[str, Tensor], element: dict[str, Tensor]) -> dict[str, Tensor]:
+def apply(spec: SymmetrySpec, state_dict: dict[str, Tensor], element: dict[str, Tensor],
+          relaxed: bool = False) -> dict[str, Tensor]:
     """The state dict transformed by `element`, composing its spaces in spec order.
 
     Pure: returns a new dict; transformed entries are new tensors, untouched ones are shared.
+    `relaxed`: every element is a relaxed permutation, a non-negative square matrix S (e.g. doubly
+    stochastic) acting as x -> x S in every role, as a permutation matrix does in any space; where a
+    parameter is acted on by one space along one axis, the result is linear in S, so a mixture of
+    permutations gives the same mixture of the permuted states (learned matching's Sinkhorn relaxation).
     """
     unknown = set(element) - set(spec.names)
     if unknown:
@@ -204,7 +212,7 @@ def apply(spec: SymmetrySpec, state_dict: dict[str, Tensor], element: dict[str, 
     for space in spec:
         if space.name not in element:
             continue
-        maps = _role_maps(space, element[space.name])
+        maps = _role_maps(space, element[space.name], relaxed)
         by_axis = defaultdict(list)
         for a in space.actions:
             if a.role not in maps:
