@@ -38,6 +38,37 @@ def test_strict_cnn_is_c4_invariant_at_every_rot90(cnn):
     assert max(errs.values()) < 1e-5, errs          # every layer's fields and the logits
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_mixed_convolution_is_the_sum_of_its_two_convolutions(training):
+    """Every mixed conv of the steerable CNN runs as one convolution with kernel K_eq + γ·K; it must give the
+    two-convolution output conv(x, K_eq) + γ·conv(x, K) and the same gradients (θ, γ and the input), in
+    training (filter expanded from the basis) and eval mode (cached filter), at γ ≠ 1."""
+    pytest.importorskip("escnn")
+    from lmcbench.ace.models import SteerableCNN
+
+    x, outputs = torch.randn(6, 1, 29, 29), []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = SteerableCNN("C", 4, (2, 4), 5, mixed=True)
+        layers = [m for _, m in mixed_layers(model)]
+        assert len(layers) == 2 and all(m.fused for m in layers)   # the default geometry is fused
+        with torch.no_grad():
+            for i, m in enumerate(layers):
+                m.gamma.fill_(0.3 + 0.4 * i)
+                m.fused = fused
+        model.train(training)
+        xi = x.clone().requires_grad_()
+        y = model(xi)
+        y.pow(2).sum().backward()
+        outputs.append((y.detach(), xi.grad, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (y1, gx1, g1), (y2, gx2, g2) = outputs
+    assert torch.allclose(y1, y2, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(gx1, gx2, atol=1e-5, rtol=1e-4)
+    assert g1.keys() == g2.keys() and sum(n.endswith("gamma") for n in g1) == 2
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], atol=1e-4, rtol=1e-3), n
+
+
 def test_branch_off_equals_strict_path_and_branch_breaks_equivariance(cnn):
     x = torch.randn(4, 1, 29, 29)
     with branch(cnn, False):

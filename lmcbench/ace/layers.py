@@ -3,7 +3,9 @@
 `MixedLayer.branch` (default True) switches the non-equivariant branch; with it off the layer is
 exactly f_eq and costs the same as the strict layer [official code `disable_equivariance`].
 Works on plain tensors and on escnn GeometricTensors (the branch then acts on `x.tensor` and its
-output is re-wrapped as the equivariant output's field type).
+output is re-wrapped as the equivariant output's field type). An escnn R2Conv with an nn.Conv2d branch of
+the same geometry is one convolution: conv(x, K_eq) + γ·conv(x, K) = conv(x, K_eq + γ·K), biases alike
+(the same function and gradients up to float rounding, at half the convolution cost of the two).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import contextlib
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,8 +25,11 @@ class MixedLayer(nn.Module):
         self.gamma = nn.Parameter(torch.tensor(float(gamma_init))) if neq is not None else None
         self.branch = neq is not None
         self.neq_input = neq_input   # optional map from the layer's input to the branch's input
+        self.fused = neq_input is None and _same_convolution(eq, neq)
 
     def forward(self, x, *args):
+        if self.fused and self.branch:
+            return self._fused_conv(x)
         y = self.eq(x, *args) if args else self.eq(x)
         if not self.branch or self.neq is None:
             return y
@@ -32,6 +38,29 @@ class MixedLayer(nn.Module):
         if hasattr(y, "tensor"):   # escnn GeometricTensor: add to the raw tensor, re-wrap as the output type
             return type(y)(y.tensor + self.gamma * z, y.type)
         return y + self.gamma * z
+
+
+    def _fused_conv(self, x):
+        """R2Conv + γ·Conv2d as one convolution (module docstring); the R2Conv's expanded filter as its own
+        forward takes it: rebuilt from the basis in training, cached in eval mode."""
+        eq, neq = self.eq, self.neq
+        kernel, bias = eq.expand_parameters() if eq.training else (eq.filter, eq.expanded_bias)
+        kernel = kernel + self.gamma * neq.weight
+        if neq.bias is not None:
+            bias = self.gamma * neq.bias if bias is None else bias + self.gamma * neq.bias
+        y = F.conv2d(x.tensor, kernel, bias, stride=eq.stride, padding=eq.padding, dilation=eq.dilation,
+                     groups=eq.groups)
+        return type(x)(y, eq.out_type)
+
+
+def _same_convolution(eq: nn.Module, neq: nn.Module | None) -> bool:
+    """Whether `eq` is an escnn R2Conv and `neq` an nn.Conv2d computing the same convolution geometry."""
+    if not isinstance(neq, nn.Conv2d) or type(eq).__name__ != "R2Conv":
+        return False
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    return (eq.padding_mode == neq.padding_mode == "zeros" and tuple(neq.weight.shape) == (eq.out_type.size, eq.in_type.size, *pair(eq.kernel_size))
+            and pair(eq.stride) == pair(neq.stride) and pair(eq.padding) == pair(neq.padding)
+            and pair(eq.dilation) == pair(neq.dilation) and eq.groups == neq.groups)
 
 
 def mixed_layers(model: nn.Module) -> list[tuple[str, MixedLayer]]:
