@@ -11,7 +11,6 @@ import ctypes.util
 import logging
 import math
 import sys
-from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Callable, Literal
@@ -330,28 +329,24 @@ def mlp_features(space: Space, state: dict[str, Tensor], cost: str) -> Tensor:
     return features.float() if cost == "l1" else features
 
 
-def _mlp_step(aligner: Aligner, space_a: Space, space: Space, features_a: Tensor, cost: str,
-              solver: Executor) -> Callable[[], bool]:
+def _mlp_step(aligner: Aligner, space_a: Space, space: Space, features_a: Tensor, cost: str, phase: Phase) -> bool:
     """Neuron assignment on distances of L2-normalised [w_in, b_in, w_out] vectors (`mlp_features`;
     A's, `features_a`, are fixed and computed once): L1 as in the [official code] (`l1_distances`), or
     "cosine" (the same ranking as L2 on the sphere), a float64 matrix product: on a CPU about as costly
     as the fused L1 kernel at GPT-2-small width (README "Performance").
     These weights carry no head gauge; the residual map acts on both sides of the distance alike.
-    If B's MLP is narrower than A's (`space_a`), a ReLU MLP is split onto A's units (`_split_step`).
-    The assignment is solved by `solver` (scipy releases the GIL), so it runs while the caller computes
-    the next layer's costs; returns `finish()`, which applies it to B and says whether it changed anything.
-    The order does not matter: the head and MLP spaces of a round touch disjoint parameters."""
+    If B's MLP is narrower than A's (`space_a`), a ReLU MLP is split onto A's units (`_split_step`)."""
     if space_a.dim != space.dim:
         if space_a.dim > space.dim and space.group == "semiperm":
-            changed = _split_step(aligner, space_a, space)
-            return lambda: changed
+            return _split_step(aligner, space_a, space)
         raise ValueError(f"{space.name}: A has {space_a.dim} MLP units and B {space.dim}; weight matching can "
                          "split a narrower B when its activation is positively homogeneous (ReLU), otherwise "
                          "embed the narrower model first (lmcbench.symmetry.canonical.embed_like)")
     features_b = mlp_features(space, aligner.state_b, cost)
     score = l1_distances(features_a, features_b) if cost == "l1" else features_a @ features_b.T
-    step = solver.submit(match_units, score, cost != "l1")
-    return lambda: aligner.update(space, step.result())
+    with phase("assignment"):
+        step = match_units(score, maximize=cost != "l1")
+    return aligner.update(space, step)
 
 
 def default_device() -> torch.device:
@@ -384,9 +379,7 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     `device`: where the tensors live while matching (default `default_device`); the results are
     returned on the CPU. `phase(name)`: a context manager around each phase (`lmcbench bench matching`
     times them): canonicalise, residual_once (the static Gram), residual, heads, mlp_cost, assignment
-    (nested in the others; the MLP assignments are solved in a second thread while the next layer's
-    costs are computed, so their CPU time is charged to the phase running alongside and `assignment`
-    holds the residual and head assignments and the time waited for the MLP ones).
+    (nested in the others).
     A may be in circuit form (a universe of averaged circuits); B is canonicalised.
     Work done once, not per round: the residual Gram of the residual-only parameters
     (`static_residual_gram`) and A's MLP features (head costs need no circuits: `head_distances`); those
@@ -408,28 +401,21 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     del state_b  # the aligner's copy of the dict is the only one: B's replaced tensors are freed
     with phase("mlp_cost"):
         features_a = [mlp_features(spec_a[f"blocks.{i}.mlp"], state_a, mlp_cost) for i in range(len(layout_a.mlps))]
-    with ThreadPoolExecutor(1) as solver:  # the MLP assignments (`_mlp_step`), one at a time
-        for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
-            aligner.rounds = it + 1
-            with phase("residual"):
-                changed = _residual_step(aligner, layout_a, layout_b, residual, static_gram, later - first if it else set(),
-                                         it > 0, phase)
-                release_freed_heap()   # once per round: its float64 features were the largest temporaries
-            pending = lambda: False  # noqa: E731  the previous layer's MLP step, its assignment being solved
-            for i, (att_a, att_b) in enumerate(zip(layout_a.attentions, layout_b.attentions, strict=True)):
-                with phase("heads"):
-                    changed |= _heads_step(aligner, aligner.spec[f"blocks.{i}.heads"], att_a, att_b, layout_b.width, phase)
-                with phase("mlp_cost"):
-                    step = _mlp_step(aligner, spec_a[f"blocks.{i}.mlp"], aligner.spec[f"blocks.{i}.mlp"],
-                                     features_a[i], mlp_cost, solver)
-                with phase("assignment"):
-                    changed |= pending()
-                pending = step
-            with phase("assignment"):
-                changed |= pending()
-            if not changed and it > 0:
-                log.info("GLMC weight matching converged after %d rounds", it + 1)
-                break
+    for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
+        aligner.rounds = it + 1
+        with phase("residual"):
+            changed = _residual_step(aligner, layout_a, layout_b, residual, static_gram, later - first if it else set(),
+                                     it > 0, phase)
+            release_freed_heap()   # once per round: its float64 features were the largest temporaries
+        for i, (att_a, att_b) in enumerate(zip(layout_a.attentions, layout_b.attentions, strict=True)):
+            with phase("heads"):
+                changed |= _heads_step(aligner, aligner.spec[f"blocks.{i}.heads"], att_a, att_b, layout_b.width, phase)
+            with phase("mlp_cost"):
+                changed |= _mlp_step(aligner, spec_a[f"blocks.{i}.mlp"], aligner.spec[f"blocks.{i}.mlp"],
+                                     features_a[i], mlp_cost, phase)
+        if not changed and it > 0:
+            log.info("GLMC weight matching converged after %d rounds", it + 1)
+            break
     with phase("residual"):
         if "residual" in aligner.element:  # the residual-only parameters, moved once by the whole residual element
             apply_in_place(_with_actions(spec_b, "residual", lambda a: a.param in first)["residual"], aligner.state_b,
