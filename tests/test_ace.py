@@ -186,6 +186,32 @@ def test_nbody_generation_deterministic_and_conservative():
     assert np.allclose(dp, expect[:, 0], atol=1e-9)
 
 
+def test_a_run_two_experiments_share_is_trained_once(tmp_path, monkeypatch):
+    """dual_lr's configured default value is accuracy's seed-0 ace_equality run: one process trains it once and
+    reports the same rows under both experiments; another dual_lr value is trained."""
+    pytest.importorskip("escnn")
+    import lmcbench.experiments.ace as ace
+    import pandas as pd
+
+    cfg = {"seeds": [0], "log_every": 1,
+           "nbody": {"data": {"n_train": 16, "n_val": 8, "n_test": 8, "seed": 1, "softening": 0.1, "field": [0, 0, 1.0]},
+                     "arch": {"hidden": 8, "layers": 2},
+                     "train": {"epochs": 2, "batch_size": 8, "lr": 0.003, "gamma_lr": 0.05}},
+           "options": {"ace_equality": {"dual_lr": 0.1}},
+           "experiments": {"accuracy": {"methods": ["ace_equality"]}, "dual_lr": {"values": [0.3, 0.1], "seeds": [0]}}}
+    files = {"symmetric": tmp_path / "sym.npz", "field": tmp_path / "field.npz"}
+    ace.nbody_data_job(files, cfg)
+    trained = []
+    run_one = ace.run_one
+    monkeypatch.setattr(ace, "run_one", lambda *a, **k: trained.append(a[3:5] + (a[6],)) or run_one(*a, **k))
+    ace.task_job("nbody", copy.deepcopy(cfg), tmp_path / "nbody", files)
+    assert trained == [("ace_equality", 0, None), ("ace_equality", 0, {"dual_lr": 0.3})]
+    rows = pd.read_csv(tmp_path / "nbody" / "records.csv").query("dual_lr == 0.1")
+    by = ["eval", "split", "metric", "layer"]
+    acc, dual = (rows[rows["experiment"] == e].set_index(by).sort_index() for e in ("accuracy", "dual_lr"))
+    assert len(acc) > 0 and acc["value"].equals(dual["value"])
+
+
 def test_experiment_jobs_write_tables(tmp_path):
     pytest.importorskip("escnn")
     from lmcbench.experiments.ace import experiment_job, nbody_data_job, task_job

@@ -229,9 +229,14 @@ def experiment_methods(experiment: str, task_name: str, cfg: dict) -> list[str]:
 
 
 def experiment_runs(experiment: str, task_name: str, cfg: dict, nbody_files: dict | None = None,
-                    tasks: dict | None = None, rid: str = "") -> tuple[list, list, list]:
+                    tasks: dict | None = None, rid: str = "", trained: dict | None = None) -> tuple[list, list, list]:
     """Train every run of one ACE experiment on one task; return (records, trajectories, curves).
-    `tasks` caches the built task data by (regime, n_train, noise) across experiments of one process."""
+    `tasks` caches the built task data by (regime, n_train, noise) across experiments of one process, and
+    `trained` the rows of each run by (data, method, effective options, seed): a run another experiment of
+    the process already made (dual_lr's default value is accuracy's seed-0 run) is not trained again, its
+    rows are reused under this experiment's name (the same seed on the same data: the same bytes)."""
+    from lmcbench.ace.baselines import method as make_method
+
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown ACE experiment {experiment!r}; valid: {EXPERIMENTS}")
     ecfg = cfg["experiments"][experiment]
@@ -252,6 +257,7 @@ def experiment_runs(experiment: str, task_name: str, cfg: dict, nbody_files: dic
         runs = [(symmetric, n_default, s, m, None) for s in ecfg["levels"][task_name] for m in methods]
     elif experiment == "dual_lr":
         runs = [(symmetric, n_default, 0.0, m, lr) for m in methods for lr in ecfg["values"]]
+    trained = {} if trained is None else trained
     records, trajs, curves = [], [], []
     for regime, n_train, noise, method, dual_lr in runs:
         key = (regime, n_train, noise)
@@ -259,9 +265,16 @@ def experiment_runs(experiment: str, task_name: str, cfg: dict, nbody_files: dic
             tasks[key] = _make_task(task_name, cfg, regime, n_train, noise, nbody_files or {})
         keys = {"experiment": experiment, "task": task_name, "regime": regime, "perturbation": noise,
                 "dual_lr": dual_lr, "run_id": rid}   # dual_lr: run_one fills in the method's effective one
+        overrides = {"dual_lr": dual_lr} if dual_lr is not None else None
+        options = make_method(method, cfg.get("options", {}).get(method), **(overrides or {})).options
         for seed in seeds:
-            r, t, c = run_one(task_name, tasks[key], cfg, method, seed, keys,
-                              {"dual_lr": dual_lr} if dual_lr is not None else None)
+            run_key = (key, method, repr(options), seed)
+            if run_key in trained:
+                log.info("%s %s seed %d (%s): the run of experiment %s, reused", task_name, method, seed, regime,
+                         trained[run_key][0][0]["experiment"])
+                r, t, c = ([{**row, "experiment": experiment} for row in rows] for rows in trained[run_key])
+            else:
+                r, t, c = trained[run_key] = run_one(task_name, tasks[key], cfg, method, seed, keys, overrides)
             records += r
             trajs += t
             curves += c
@@ -301,10 +314,10 @@ def task_job(task_name: str, cfg: dict, out_dir: str | Path, nbody_files: dict |
     job = {"job": "ace_experiment", "task": task_name, "experiments": experiments, "ace": cfg,
            "nbody_files": nbody_files}
     rid = run_id(job)
-    records, trajs, curves, tasks = [], [], [], {}
+    records, trajs, curves, tasks, trained = [], [], [], {}, {}
     for experiment in experiments:
         t0 = time.time()
-        r, t, c = experiment_runs(experiment, task_name, cfg, nbody_files, tasks, rid)
+        r, t, c = experiment_runs(experiment, task_name, cfg, nbody_files, tasks, rid, trained)
         records += r
         trajs += t
         curves += c
