@@ -37,13 +37,14 @@ def training_curves(history: pd.DataFrame, path: str | Path, profile: str = "") 
 
 def interpolation_curves(curves: pd.DataFrame, path: str | Path, profile: str = "",
                          title: str = "Linear interpolation") -> None:
-    """Loss and accuracy along λ per method (mean and 95% CI over seed pairs), per model and split."""
+    """Loss and accuracy along λ per method (mean ± sd over seed pairs: a bootstrap CI of three pairs says
+    little, is random, and cost ~15 s a figure), per model and split."""
     if curves.empty:
         _empty(path, f"{title}: not run in the {profile} profile")
         return
     curves = curves.assign(panel=curves["model"] + " · " + curves["split"])
     grid = sns.relplot(data=curves, x="lambda", y="value", hue="method", row="metric", col="panel", kind="line",
-                       marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
+                       marker="o", errorbar="sd", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
     grid.set_axis_labels("λ (1 = model A, 0 = aligned model B)", "")
     n_pairs = curves.groupby(["model", "method"])[["seed_a", "seed_b"]].apply(lambda f: len(f.drop_duplicates())).max()
     save_figure(grid, path, f"{title} ({profile} profile, {n_pairs} seed pairs per method)")
@@ -84,11 +85,12 @@ def simplex_heatmap(surface: pd.DataFrame, path: str | Path, profile: str = "", 
 # --------------------------------------------------------------------------------------------- MoE-LMC
 def moe_curves(curves: pd.DataFrame, path: str | Path, profile: str = "", split: str = "test",
                metric: str = "loss"):
-    """Loss along λ per method (every method in the table), one panel per gating variant, one row per model."""
+    """Loss along λ per method (every method in the table; mean ± sd over seed pairs), one panel per gating
+    variant, one row per model."""
     part = curves[(curves["split"] == split) & (curves["metric"] == metric)]
     part = part.assign(panel=part["model"] + " · " + part["gating"])
     grid = sns.relplot(data=part, x="lambda", y="value", hue="method", col="panel", col_wrap=3, kind="line",
-                       marker="o", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
+                       marker="o", errorbar="sd", facet_kws={"sharey": False}, height=2.8, aspect=1.2)
     grid.set_axis_labels("λ (1 = model A, 0 = aligned model B)", f"{split} {metric}")
     save_figure(grid, path, f"MoE-LMC: {split} {metric} along the linear path ({profile} profile)")
     return grid
