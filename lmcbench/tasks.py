@@ -94,7 +94,8 @@ class LanguageModelingTask(Task):
         return windows[:, :-1], windows[:, 1:]
 
     def logits(self, model, inputs):
-        return model(input_ids=inputs).logits
+        # no key/value cache: every call scores whole blocks, and building the cache concatenates each layer's keys
+        return model(input_ids=inputs, use_cache=False).logits
 
 
 def make_task(dataset, model_cfg: dict) -> Task:
