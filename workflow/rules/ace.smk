@@ -31,6 +31,7 @@ rule ace_nbody_data:
     params:
         cfg=ACE,
     threads: 1
+    priority: PRIORITY["ace"]
     resources:
         mem_mb=2000,
         runtime=30,
@@ -58,9 +59,7 @@ rule ace_experiment:
     message:
         "rule ace_experiment ({wildcards.ace_task}) -> {output.records}; methods per experiment: {params.plan}"
     threads: resource("threads")  # ACE trains on the CPU (small models); more threads on bigger machines
-    # the image job is the longest single job of the CPU profiles (~800 CPU-s in default, measured): start it
-    # first so it runs beside the rest of the DAG instead of alone at the end
-    priority: 10
+    priority: PRIORITY["ace"]   # the image job is the longest single job: first, beside the rest of the DAG
     resources:
         mem_mb=3000,
         runtime=ACE["runtime"],

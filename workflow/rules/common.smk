@@ -5,6 +5,13 @@ SEEDS = sorted(config["seeds"])
 SEED_PAIRS = list(combinations(SEEDS, 2))
 RESULTS = "results"
 
+# Job order when cores are scarce (snakemake starts the ready job of highest priority): the ACE image job, the
+# longest (~14 min of the default profile's ~60 min of jobs), and N-body at once; then training, which every
+# GLMC and MoE job waits on; then GLMC, the width-heterogeneous and GPT-2 learned-matching jobs (~3-4 min each)
+# first; MoE last, its jobs being shorter. Measured in the default run on 2 cores: with MoE jobs interleaved
+# between the trainings, the width-heterogeneous learned job started last and ran alone for its final minutes.
+PRIORITY = {"ace": 100, "train": 90, "glmc_width_hetero": 60, "glmc_pairwise": 50, "glmc_multi_model": 40, "moe": 30}
+
 
 wildcard_constraints:
     model="[A-Za-z0-9_]+",

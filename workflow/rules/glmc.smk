@@ -60,6 +60,7 @@ rule glmc_pairwise:
         labels=pair_labels("pairwise"),
         export=GLMC["export_aligned"],
     threads: model_resource("threads")
+    priority: PRIORITY["glmc_pairwise"]
     resources:
         mem_mb=model_resource("mem_mb"),
         runtime=model_resource("runtime"),
@@ -87,6 +88,7 @@ rule glmc_width_hetero:
         labels=pair_labels("width_hetero"),
         export=False,
     threads: model_resource("threads")
+    priority: PRIORITY["glmc_width_hetero"]
     resources:
         mem_mb=model_resource("mem_mb"),
         runtime=model_resource("runtime"),
@@ -116,6 +118,7 @@ rule glmc_multi_model:
         matcher_cfg=MULTI["matcher"],
         labels=pair_labels("multi_model"),
     threads: model_resource("threads")
+    priority: PRIORITY["glmc_multi_model"]
     resources:
         mem_mb=model_resource("mem_mb"),
         runtime=model_resource("runtime"),

@@ -107,6 +107,7 @@ rule moe_sweep:
             "placement": wc.placement,
         },
     threads: model_resource("threads")
+    priority: PRIORITY["moe"]
     resources:
         mem_mb=model_resource("mem_mb"),
         runtime=model_resource("runtime"),
@@ -149,6 +150,7 @@ rule moe_full_model:
             "placement": MOE_FULL["placement"],
         },
     threads: model_resource("threads")
+    priority: PRIORITY["moe"]
     resources:
         mem_mb=model_resource("mem_mb"),
         runtime=model_resource("runtime"),

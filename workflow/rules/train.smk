@@ -14,6 +14,7 @@ rule train:
         model_cfg=lambda wc: config["models"][wc.model],
         data_cfg=lambda wc: dataset_cfg(wc.model),
     threads: model_resource("threads")
+    priority: PRIORITY["train"]
     resources:
         mem_mb=model_resource("mem_mb"),
         runtime=model_resource("runtime"),
