@@ -35,7 +35,7 @@ import torch
 
 from lmcbench import methods
 from lmcbench.ace.constrained import ace_defects, ace_optimizer, gamma_optimizer
-from lmcbench.ace.layers import branch, gamma_parameters, gammas, mixed_layers, recompute_batchnorm, rpp_penalty
+from lmcbench.ace.layers import branch, mixed_layers, recompute_batchnorm, rpp_penalty
 from lmcbench.training import Hooks, run_steps
 
 TRACK = "ace"
@@ -92,9 +92,12 @@ class TrainSettings:
 
 @dataclass
 class Run:
-    """What one training run's hooks see: the model, task and training settings, the step count, the
-    random generator of batches and sampled group elements, the γ scalars and their optimiser."""
+    """What one training run's hooks see: the model and its mixed layers (found once: a module traversal
+    hashes escnn's kernel bases, ~1 ms, and the hooks need the layers every step), task and training settings,
+    the step count, the random generator of batches and sampled group elements, the γ scalars and their
+    optimiser."""
     model: torch.nn.Module
+    layers: list
     task: object
     train: TrainSettings
     total: int
@@ -108,7 +111,7 @@ class Run:
 
     @property
     def gammas(self) -> list[torch.nn.Parameter]:
-        return gamma_parameters(self.model)
+        return [m.gamma for _, m in self.layers]
 
 
 class AceMethod(Hooks):
@@ -155,7 +158,7 @@ class AceMethod(Hooks):
         gam = run.gammas
         if gam and (done % run.log_every == 0 or done == run.total - 1):
             lam, slack = self.multipliers, self.slacks
-            for (name, _), p in zip(mixed_layers(model), gam):
+            for (name, _), p in zip(run.layers, gam):
                 run.result.trajectory.append({"step": done, "layer": name, "gamma": float(p.detach()), "lambda":
                                               lam.get(name, float("nan")), "u": slack.get(name, float("nan"))})
         if step % run.steps_per_epoch == 0:
@@ -174,7 +177,8 @@ class AceMethod(Hooks):
         """Train `model` on `task` with this method on `lmcbench.training.run_steps`; returns γ/λ trajectories
         and validation curves of the headline form."""
         gen = torch.Generator().manual_seed(seed)
-        gam = gamma_parameters(model)
+        layers = mixed_layers(model)
+        gam = [m.gamma for _, m in layers]
         gam_ids = {id(p) for p in gam}
         theta = [p for p in model.parameters() if id(p) not in gam_ids]
         steps_per_epoch = math.ceil(task.n_train / train.batch_size)
@@ -190,7 +194,7 @@ class AceMethod(Hooks):
                   for o in optimizers if cosine and not (curvature is not None and o is curvature.optimizer)]
         for p in gam:
             p.requires_grad_(learn_gamma)
-        run = Run(model, task, train, total, steps_per_epoch, gen, log_every, optimizers, curvature, cosine)
+        run = Run(model, layers, task, train, total, steps_per_epoch, gen, log_every, optimizers, curvature, cosine)
         self.setup(run)
         # epochs of shuffled batches, each epoch's order drawn from `gen` when the epoch starts
         batches = itertools.chain.from_iterable(task.batches(train.batch_size, gen) for _ in range(train.epochs))
@@ -342,7 +346,7 @@ class ACE(AceMethod):
     def setup(self, run):
         super().setup(run)
         step = {k: v for k, v in asdict(self.options).items() if k != "eps"}   # eps enters the defects instead
-        self.problem = ace_optimizer(self.variant, run.optimizers, [n for n, _ in mixed_layers(run.model)], **step)
+        self.problem = ace_optimizer(self.variant, run.optimizers, [n for n, _ in run.layers], **step)
 
     variant = "ace_equality"   # constraint form (`constrained.ace_defects`)
 
@@ -350,7 +354,7 @@ class ACE(AceMethod):
         return ace_defects(self.variant, gam)
 
     def constrained_step(self, loss) -> bool:
-        self.problem.step(loss, self.defects(gammas(self.run.model)), self.run.curvature)
+        self.problem.step(loss, self.defects(torch.stack(self.run.gammas)), self.run.curvature)
         return True
 
     @property

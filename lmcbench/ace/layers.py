@@ -67,11 +67,6 @@ def mixed_layers(model: nn.Module) -> list[tuple[str, MixedLayer]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, MixedLayer) and m.neq is not None]
 
 
-def gammas(model: nn.Module) -> torch.Tensor:
-    """The stacked γ of every mixed sub-layer (graph attached), in module order."""
-    return torch.stack([m.gamma for _, m in mixed_layers(model)])
-
-
 def gamma_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [m.gamma for _, m in mixed_layers(model)]
 
