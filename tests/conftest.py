@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -119,10 +120,27 @@ def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- the smoke workflow, run once
-def run_snakemake(*args, cwd=ROOT, timeout=120) -> subprocess.CompletedProcess:
-    """`python -m snakemake ARGS` in `cwd` with this interpreter's environment first on PATH."""
+def _no_scontrol() -> Path:
+    """A directory holding an `scontrol` that fails at once. Snakemake's SLURM plugin runs `scontrol show config`
+    (10 s timeout) whenever snakemake starts, where SLURM is installed; after test_slurm has installed SLURM and
+    stopped its daemons, that call waits ~9 s for the absent controller in every later snakemake process
+    (measured). The plugin treats a failing scontrol as 'no MinJobAge known', which only the SLURM executor reads."""
+    stub = Path(tempfile.gettempdir()) / f"lmcbench-no-scontrol-{os.getuid()}"
+    if not (stub / "scontrol").exists():
+        stub.mkdir(parents=True, exist_ok=True)
+        tmp = stub / f"scontrol.{os.getpid()}"
+        tmp.write_text("#!/bin/sh\nexit 1\n")
+        tmp.chmod(0o755)
+        tmp.replace(stub / "scontrol")
+    return stub
+
+
+def run_snakemake(*args, cwd=ROOT, timeout=120, slurm: bool = False) -> subprocess.CompletedProcess:
+    """`python -m snakemake ARGS` in `cwd` with this interpreter's environment first on PATH; without `slurm`
+    (a run on the SLURM executor) the SLURM plugin's start-up query fails at once (`_no_scontrol`)."""
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    first = [str(Path(sys.executable).parent)] + ([] if slurm else [str(_no_scontrol())])
+    env["PATH"] = os.pathsep.join(first + [env.get("PATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -47,7 +47,7 @@ def _slurm(workdir: Path, *targets: str, configfiles=(str(PROFILES / "smoke.yaml
     # `timeout` inside snakemake() kills a hung run (the plugin ignores SIGTERM while jobs are queued)
     return snakemake("--profile", str(ROOT / "workflow" / "profiles" / "slurm"),
                      "--slurm-init-seconds-before-status-checks", "1", "--jobs", "2",
-                     "--configfile", *configfiles, "--", *targets, cwd=workdir, timeout=900)
+                     "--configfile", *configfiles, "--", *targets, cwd=workdir, timeout=900, slurm=True)
 
 
 @pytest.mark.slow
