@@ -6,10 +6,11 @@ SEED_PAIRS = list(combinations(SEEDS, 2))
 RESULTS = "results"
 
 # Job order when cores are scarce (snakemake starts the ready job of highest priority): the ACE image job, the
-# longest (~14 min of the default profile's ~60 min of jobs), and N-body at once; then training, which every
+# longest (~12 min of the default profile's ~51 min of jobs), and N-body at once; then training, which every
 # GLMC and MoE job waits on; then GLMC, the width-heterogeneous and GPT-2 learned-matching jobs (~3-4 min each)
 # first; MoE last, its jobs being shorter. Measured in the default run on 2 cores: with MoE jobs interleaved
-# between the trainings, the width-heterogeneous learned job started last and ran alone for its final minutes.
+# between the trainings, the width-heterogeneous learned job started last and ran alone for its final 2.3 min;
+# in this order both lanes stayed busy until the last 0.9 min.
 PRIORITY = {"ace": 100, "train": 90, "glmc_width_hetero": 60, "glmc_pairwise": 50, "glmc_multi_model": 40, "moe": 30}
 
 
