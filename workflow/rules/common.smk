@@ -7,7 +7,7 @@ RESULTS = "results"
 
 # Job order when cores are scarce (snakemake starts the ready job of highest priority): the ACE image job, the
 # longest (~12 min of the default profile's ~51 min of jobs), and N-body at once; then training, which every
-# GLMC and MoE job waits on; then GLMC, the width-heterogeneous and GPT-2 learned-matching jobs (~3-4 min each)
+# GLMC and MoE job waits on; then GLMC, the width-heterogeneous and GPT-2 learned-matching jobs (~3 min each)
 # first; MoE last, its jobs being shorter. Measured in the default run on 2 cores: with MoE jobs interleaved
 # between the trainings, the width-heterogeneous learned job started last and ran alone for its final 2.3 min;
 # in this order both lanes stayed busy until the last 0.9 min.
