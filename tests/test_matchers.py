@@ -31,7 +31,7 @@ from lmcbench.checkpoints import FORMS
 from lmcbench.data import Dataset
 from lmcbench import methods
 from lmcbench.matchers import MATCHERS, OPTIONS, Alignment, MatchContext, get_matcher, register
-from lmcbench.matchers.assignment import match_units, orthogonal_from_gram, unit_features
+from lmcbench.matchers.assignment import match_many, match_units, orthogonal_from_gram, unit_features
 from lmcbench.matchers.learned import polar, ste_permutation
 from lmcbench.matchers.weight_matching import glmc_weight_matching_states, permutation_weight_matching
 from lmcbench.symmetry import apply, perm_matrix, random_orthogonal, sample_element, spec_for
@@ -336,6 +336,18 @@ def test_match_units_is_optimal_by_brute_force():
         idx = match_units(score)
         best = max(sum(score[i, p[i]].item() for i in range(5)) for p in itertools.permutations(range(5)))
         assert score[torch.arange(5), idx].sum().item() == pytest.approx(best, abs=1e-12)
+
+
+def test_match_many_solves_each_problem_as_alone():
+    """Five problems of different shapes, three threads: each result is `match_units` of its score."""
+    gen = torch.Generator().manual_seed(13)
+    scores = [torch.randn(n, n, generator=gen, dtype=torch.float64) for n in (40, 7, 65, 1, 40)]
+    for maximize in (True, False):
+        expected = [match_units(s, maximize) for s in scores]
+        for threads in (1, 3):
+            found = match_many(scores, maximize, threads)
+            assert [f.tolist() for f in found] == [e.tolist() for e in expected]
+    assert len({tuple(e.tolist()) for e in expected}) == len(scores)  # distinct problems: order is checked
 
 
 def test_procrustes_recovers_planted_orthogonal_map():

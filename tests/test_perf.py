@@ -63,6 +63,25 @@ def test_optimised_matching_finds_the_previous_element(trained_pairs, family: st
             assert found.tolist() == expected[name], name
 
 
+def test_matching_with_two_threads_finds_the_previous_element(trained_pairs):
+    """With two threads both layers' MLP assignments are solved at once (`match_many`) and the cost
+    matrices use two threads: the same permutations, the residual map to 1e-6."""
+    a, b = trained_pairs["gpt2"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _, aligner = glmc_weight_matching_states(a, b, iterations=15, mlp_cost="l1", device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    expected = json.loads(EXPECTED.read_text())["gpt2.l1"]
+    assert sorted(aligner.element) == sorted(expected)
+    for name, found in aligner.element.items():
+        if name == "residual":
+            assert (found.double() - torch.tensor(expected[name], dtype=torch.float64)).abs().max() <= 1e-6
+        else:
+            assert found.tolist() == expected[name], name
+
+
 @pytest.mark.parametrize("family", ["gpt2", "vit"])
 def test_head_distances_are_the_circuit_distances(trained_pairs, family: str):
     """The head cost computed from the factors equals ‖QK_A,i − QK_B,j‖ + ‖OV_A,i − OV_B,j‖ of the

@@ -1,6 +1,7 @@
 """The two solvers every weight-space matcher is built from, and the per-unit views they act on.
 
-* `match_units`: a permutation from a linear assignment problem (scipy's Hungarian solver).
+* `match_units`: a permutation from a linear assignment problem (scipy's Hungarian solver);
+  `match_many`: several independent ones, in parallel threads.
 * `orthogonal_from_gram`: the orthogonal map closest to aligning two sets of vectors (SVD).
 * `cover_units`: a many-to-one assignment (semi-permutations: units split onto several).
 * `l1_distances`: the L1 cost matrix of two sets of unit vectors (a fused kernel on the CPU).
@@ -107,6 +108,18 @@ def match_units(score: Tensor, maximize: bool = True) -> Tensor:
     idx = torch.empty(len(rows), dtype=torch.long)
     idx[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
     return idx
+
+
+def match_many(scores: list[Tensor], maximize: bool = True, threads: int | None = None) -> list[Tensor]:
+    """`match_units` of each score, `threads` problems at a time (default: torch's thread count).
+    scipy's solver releases the GIL, so the problems run in parallel; each is solved as alone, so
+    the result does not depend on `threads`. For independent steps whose cost matrices are computed
+    first with torch's threads, which are idle while these run (no two pools compete for cores)."""
+    threads = min(len(scores), threads or torch.get_num_threads())
+    if threads <= 1:
+        return [match_units(s, maximize) for s in scores]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda s: match_units(s, maximize), scores))
 
 
 def cover_units(score: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from lmcbench.symmetry.canonical import canonicalize, circuit_form, head_factors
 from lmcbench.matchers import Alignment, MatchContext, register
-from lmcbench.matchers.assignment import (action_rows, cover_units, l1_distances, match_units,
+from lmcbench.matchers.assignment import (action_rows, cover_units, l1_distances, match_many, match_units,
                                          orthogonal_from_gram, unit_features)
 from lmcbench.symmetry import apply, layout_for, perm_matrix, spec_for
 from lmcbench.symmetry.spec import Action, AttentionSite, Layout, Space, SymmetrySpec
@@ -323,33 +323,49 @@ def _split_step(aligner: Aligner, space_a: Space, space_b: Space) -> bool:
 def mlp_features(space: Space, state: dict[str, Tensor], cost: str) -> Tensor:
     """L2-normalised [w_in, b_in, w_out] rows of an MLP space, normalised in float64 and returned in
     float32 for both costs: the L1 cost compares them so [official code]; the cosine cost takes their
-    products in float32 (`_mlp_step`), a GEMM about twice as fast as float64 on a CPU."""
+    products in float32 (`_mlp_steps`), a GEMM about twice as fast as float64 on a CPU."""
     if cost not in ("l1", "cosine"):
         raise ValueError(f"unknown mlp_cost {cost!r}; expected 'l1' or 'cosine'")
     return torch.nn.functional.normalize(unit_features(space, state), dim=1).float()
 
 
-def _mlp_step(aligner: Aligner, space_a: Space, space: Space, features_a: Tensor, cost: str, phase: Phase) -> bool:
-    """Neuron assignment on distances of L2-normalised [w_in, b_in, w_out] vectors (`mlp_features`;
-    A's, `features_a`, are fixed and computed once): L1 as in the [official code] (`l1_distances`), or
-    "cosine" (the same ranking as L2 on the sphere), a float32 matrix product. Float32, not float64:
-    at GPT-2 small (random pair of `lmcbench bench matching`, 15 rounds) the float32 score's assignment
-    equalled the float64 one's at all 180 MLP steps, every unit (scores within 1.8e-7), so the matching
-    is the same, and its products took 49 CPU-s against 91 in float64; the pinned elements of
-    tests/test_perf.py hold. The assignment itself is solved in float64 (`match_units`).
+def _mlp_steps(aligner: Aligner, spaces_a: list[Space], features_a: list[Tensor], cost: str, phase: Phase) -> bool:
+    """A round's neuron assignments, layer by layer, on distances of L2-normalised [w_in, b_in, w_out]
+    vectors (`mlp_features`; A's, `features_a`, are fixed and computed once): L1 as in the [official
+    code] (`l1_distances`), or "cosine" (the same ranking as L2 on the sphere), a float32 matrix product.
+    Float32, not float64: at GPT-2 small (random pair of `lmcbench bench matching`, 15 rounds) the
+    float32 score's assignment equalled the float64 one's at all 180 MLP steps, every unit (scores within
+    1.8e-7), so the matching is the same, and its products took 49 CPU-s against 91 in float64; the
+    pinned elements of tests/test_perf.py hold. The assignments are solved in float64 (`match_units`).
     These weights carry no head gauge; the residual map acts on both sides of the distance alike.
-    If B's MLP is narrower than A's (`space_a`), a ReLU MLP is split onto A's units (`_split_step`)."""
-    if space_a.dim != space.dim:
-        if space_a.dim > space.dim and space.group == "semiperm":
-            return _split_step(aligner, space_a, space)
-        raise ValueError(f"{space.name}: A has {space_a.dim} MLP units and B {space.dim}; weight matching can "
-                         "split a narrower B when its activation is positively homogeneous (ReLU), otherwise "
-                         "embed the narrower model first (lmcbench.symmetry.canonical.embed_like)")
-    features_b = mlp_features(space, aligner.state_b, cost)
-    score = l1_distances(features_a, features_b) if cost == "l1" else features_a @ features_b.T
-    with phase("assignment"):
-        step = match_units(score, maximize=cost != "l1")
-    return aligner.update(space, step)
+    The steps are independent (each reads and moves only its own layer's MLP weights, and the residual
+    map is fixed meanwhile), so the cost matrices of as many layers as torch has threads are computed
+    first (with those threads) and their assignments then solved at once (`match_many`): the same
+    steps as one at a time, the single-threaded solver no longer holding up the other core.
+    If B's MLP is narrower than A's, a ReLU MLP is split onto A's units (`_split_step`)."""
+    changed, names = False, [f"blocks.{i}.mlp" for i in range(len(spaces_a))]
+    group = max(1, torch.get_num_threads())
+    for start in range(0, len(names), group):
+        scores = {}
+        with phase("mlp_cost"):
+            for name, space_a, fa in zip(names[start:start + group], spaces_a[start:start + group],
+                                         features_a[start:start + group]):
+                space = aligner.spec[name]
+                if space_a.dim == space.dim:
+                    fb = mlp_features(space, aligner.state_b, cost)
+                    scores[name] = l1_distances(fa, fb) if cost == "l1" else fa @ fb.T
+                elif space_a.dim > space.dim and space.group == "semiperm":
+                    changed |= _split_step(aligner, space_a, space)
+                else:
+                    raise ValueError(f"{name}: A has {space_a.dim} MLP units and B {space.dim}; weight matching can "
+                                     "split a narrower B when its activation is positively homogeneous (ReLU), "
+                                     "otherwise embed the narrower model first (lmcbench.symmetry.canonical.embed_like)")
+        with phase("assignment"):
+            steps = match_many(list(scores.values()), maximize=cost != "l1")
+        with phase("mlp_cost"):
+            for name, step in zip(scores, steps):
+                changed |= aligner.update(aligner.spec[name], step)
+    return changed
 
 
 def default_device() -> torch.device:
@@ -403,19 +419,19 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     aligner = Aligner(_with_actions(spec_b, "residual", lambda a: a.param not in first), state_a, state_b)
     del state_b  # the aligner's copy of the dict is the only one: B's replaced tensors are freed
     with phase("mlp_cost"):
-        features_a = [mlp_features(spec_a[f"blocks.{i}.mlp"], state_a, mlp_cost) for i in range(len(layout_a.mlps))]
+        spaces_a_mlp = [spec_a[f"blocks.{i}.mlp"] for i in range(len(layout_a.mlps))]
+        features_a = [mlp_features(space, state_a, mlp_cost) for space in spaces_a_mlp]
     for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
         aligner.rounds = it + 1
         with phase("residual"):
             changed = _residual_step(aligner, layout_a, layout_b, residual, static_gram, later - first if it else set(),
                                      it > 0, phase)
             release_freed_heap()   # once per round: its float64 features were the largest temporaries
+        # heads and MLPs move disjoint weights, so all heads first, then all MLPs: the same steps
         for i, (att_a, att_b) in enumerate(zip(layout_a.attentions, layout_b.attentions, strict=True)):
             with phase("heads"):
                 changed |= _heads_step(aligner, aligner.spec[f"blocks.{i}.heads"], att_a, att_b, layout_b.width, phase)
-            with phase("mlp_cost"):
-                changed |= _mlp_step(aligner, spec_a[f"blocks.{i}.mlp"], aligner.spec[f"blocks.{i}.mlp"],
-                                     features_a[i], mlp_cost, phase)
+        changed |= _mlp_steps(aligner, spaces_a_mlp, features_a, mlp_cost, phase)
         if not changed and it > 0:
             log.info("GLMC weight matching converged after %d rounds", it + 1)
             break
