@@ -112,6 +112,7 @@ def bench_matching(n_embd: int = 768, n_layer: int = 12, n_head: int = 12, vocab
         "device": str(device),
         **{f"cpu_s.{name}": round(timer.cpu[name], 2) for name in PHASES},
         "cpu_s.total": round(cpu, 2),
+        **{f"wall_s.{name}": round(timer.wall[name], 2) for name in PHASES},
         "wall_s.total": round(wall, 2),
         "peak_rss_gb.match": round(rss_match / 2 ** 20, 2),   # the process up to the end of matching
         "peak_rss_phase.match": rss_match_phase,   # the phase in which matching's peak RSS was reached

@@ -31,7 +31,7 @@ from lmcbench.checkpoints import FORMS
 from lmcbench.data import Dataset
 from lmcbench import methods
 from lmcbench.matchers import MATCHERS, OPTIONS, Alignment, MatchContext, get_matcher, register
-from lmcbench.matchers.assignment import match_many, match_units, orthogonal_from_gram, unit_features
+from lmcbench.matchers.assignment import action_rows, match_many, match_units, orthogonal_from_gram, unit_features
 from lmcbench.matchers.learned import polar, ste_permutation
 from lmcbench.matchers.weight_matching import glmc_weight_matching_states, permutation_weight_matching
 from lmcbench.symmetry import apply, perm_matrix, random_orthogonal, sample_element, spec_for
@@ -392,11 +392,11 @@ def test_unit_features_rows_follow_a_permutation(space_name: str):
     assert fa.shape[0] == space.dim and fa.dtype == torch.float64
     assert torch.equal(fb, fa[idx])
     assert not torch.equal(fb, fa)
-    # per-parameter selection and block normalisation (a parameter with a single action here:
-    # the fused qkv weight holds three blocks, one per q/k/v slice)
+    # per-parameter selection (a parameter with a single action here: the fused qkv weight holds
+    # three blocks, one per q/k/v slice)
     param = next(a.param for a in space.actions if sum(b.param == a.param for b in space.actions) == 1)
-    one = unit_features(space, state_a, {param})
-    assert torch.allclose(unit_features(space, state_a, {param}, normalise_blocks=True), one / one.shape[1] ** 0.5)
+    action = next(a for a in space.actions if a.param == param)
+    assert torch.equal(unit_features(space, state_a, {param}), action_rows(space, action, state_a).double())
     with pytest.raises(ValueError):
         unit_features(space, state_a, {"no.such.param"})
 

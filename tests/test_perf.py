@@ -18,8 +18,10 @@ import torch
 from conftest import fresh_model, gpt2_cfg, vit_cfg
 
 from lmcbench.matchers.assignment import l1_distances
-from lmcbench.matchers.weight_matching import glmc_weight_matching_states, head_distances
-from lmcbench.symmetry import layout_for
+from lmcbench.matchers.weight_matching import (Aligner, ResidualBlocks, detached_state, ensure_canonical,
+                                               glmc_weight_matching_states, head_distances)
+from lmcbench.symmetry import layout_for, spec_for
+from lmcbench.symmetry.groups import random_orthogonal
 from lmcbench.symmetry.canonical import canonicalize, circuit_form, head_circuits
 from lmcbench.tasks import make_task
 from lmcbench.training import TrainConfig, train
@@ -80,6 +82,33 @@ def test_matching_with_two_threads_finds_the_previous_element(trained_pairs):
             assert (found.double() - torch.tensor(expected[name], dtype=torch.float64)).abs().max() <= 1e-6
         else:
             assert found.tolist() == expected[name], name
+
+
+def test_residual_blocks_carry_the_gram_and_recompute_what_a_step_changed(trained_pairs):
+    """`ResidualBlocks`: after a residual step (a random orthogonal map) the carried Gram equals the
+    one recomputed from B's moved weights (to float32 rounding); after a step of one layer's MLP that
+    layer's block is recomputed, so the Gram is again the recomputed one."""
+    a, b = (ensure_canonical(m) for m in trained_pairs["gpt2"])
+    spec, layout = spec_for(b), layout_for(b)
+    params = {ref.param for mlp in layout.mlps for ref in (mlp.fc1, mlp.fc2)}
+    aligner = Aligner(spec, detached_state(a), detached_state(b))
+    blocks = ResidualBlocks(spec, params)
+    assert sorted(sorted(owners) for owners in blocks.blocks) == [["blocks.0.mlp"], ["blocks.1.mlp"]]
+
+    def recomputed() -> torch.Tensor:
+        return ResidualBlocks(spec, params).gram(aligner)
+
+    def rel(x: torch.Tensor, y: torch.Tensor) -> float:
+        return ((x - y).abs().max() / y.abs().max()).item()
+
+    before = blocks.gram(aligner)
+    step = random_orthogonal(layout.width, torch.Generator().manual_seed(0)).float()
+    aligner.update(spec["residual"], step)
+    blocks.carry(step)
+    assert rel(blocks.gram(aligner), before) > 0.1   # the residual step moved the Gram ...
+    assert rel(blocks.gram(aligner), recomputed()) < 1e-5   # ... and carrying it followed
+    aligner.update(spec["blocks.0.mlp"], torch.randperm(layout.mlps[0].hidden, generator=torch.Generator().manual_seed(1)))
+    assert rel(blocks.gram(aligner), recomputed()) < 1e-5
 
 
 @pytest.mark.parametrize("family", ["gpt2", "vit"])
@@ -176,9 +205,12 @@ def test_bench_matching_reports_phases_and_preserves_the_function(capsys):
     assert main(["bench", "matching", "--n-embd", "32", "--n-layer", "2", "--n-head", "2", "--vocab-size", "97",
                  "--rounds", "2", "--device", "cpu"]) == 0
     rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.strip())
-    for key in [f"cpu_s.{p}" for p in PHASES] + ["cpu_s.total", "wall_s.total", "peak_rss_gb", "numerics"]:
+    for key in [f"{t}_s.{p}" for t in ("cpu", "wall") for p in PHASES] + ["cpu_s.total", "wall_s.total", "peak_rss_gb",
+                                                                          "numerics"]:
         assert key in rows, key
     assert rows["device"].strip() == "cpu"
     phases = [float(rows[f"cpu_s.{p}"]) for p in PHASES]
     assert min(phases) >= 0 and sum(phases) <= float(rows["cpu_s.total"]) + 0.01 * len(PHASES)  # exclusive phases
+    walls = [float(rows[f"wall_s.{p}"]) for p in PHASES]
+    assert min(walls) >= 0 and sum(walls) <= float(rows["wall_s.total"]) + 0.01 * len(PHASES)
     assert rows["function_preserved"].strip() == "True"

@@ -28,18 +28,11 @@ def action_rows(space: Space, action: Action, state: dict[str, Tensor]) -> Tenso
     return x.unflatten(-1, (space.dim, space.block)).movedim(-2, 0).reshape(space.dim, -1)
 
 
-def unit_features(space: Space, state: dict[str, Tensor], params: set[str] | None = None,
-                  normalise_blocks: bool = False) -> Tensor:
-    """(space.dim, k) matrix: for every action of `space` (optionally only those on `params`), the
-    slice it moves, reshaped so that row j is unit j. With normalise_blocks, each action's block
-    is divided by sqrt(its columns), so wide parameters do not drown narrow ones (GLMC's residual
-    alignment, [official code] `ortho_residual`)."""
-    blocks = []
-    for action in space.actions:
-        if params is not None and action.param not in params:
-            continue
-        x = action_rows(space, action, state).double()
-        blocks.append(x / x.shape[1] ** 0.5 if normalise_blocks else x)
+def unit_features(space: Space, state: dict[str, Tensor], params: set[str] | None = None) -> Tensor:
+    """(space.dim, k) float64 matrix: for every action of `space` (optionally only those on `params`),
+    the slice it moves, reshaped so that row j is unit j."""
+    blocks = [action_rows(space, action, state).double() for action in space.actions
+              if params is None or action.param in params]
     if not blocks:
         raise ValueError(f"space {space.name!r} has no parameters to match on")
     return torch.cat(blocks, 1)

@@ -86,6 +86,7 @@ class Aligner:
         self.spec, self.state_a, self.state_b = spec, state_a, dict(state_b)
         self.element: dict[str, Tensor] = {}
         self.rounds = 0  # rounds (sweeps) run: fewer than allowed when one changed nothing
+        self.changes: dict[str, int] = {}  # per space, how many steps changed B (what a cache of B's features checks)
 
     def update(self, space: Space, step: Tensor) -> bool:
         """Apply `step` on `space` to B; returns whether anything changed."""
@@ -93,6 +94,7 @@ class Aligner:
             return False
         apply_in_place(space, self.state_b, step)
         self.element[space.name] = _compose(self.element.get(space.name), step)
+        self.changes[space.name] = self.changes.get(space.name, 0) + 1
         if step.shape[-1] != space.dim:  # a semi-permutation widened the space: B now has A's shapes there
             self.spec = SymmetrySpec(tuple(s if s.name != space.name else Space(s.name, s.group, step.shape[-1],
                                                                               s.actions, s.block)
@@ -180,7 +182,7 @@ def _circuit_gram(state_a: dict, att_a: AttentionSite, state_b: dict, att_b: Att
       c_attn row r = per head [QK_h[r, :] s | e_r | e_r] (the Q-map QK_h s, s = sqrt((D+1)/d), and the
                      identity K- and V-maps), 3 H (D+1) columns;
       c_proj column r = per head OV_h[:, r], H (D+1) columns;
-    each block divided by sqrt(its columns), as `unit_features` does for stored parameters.
+    each block divided by sqrt(its columns), as `actions_gram` weights stored parameters.
     QK_h = W~_Q W~_K^T and OV_h = W~_V W_O are invariant to the per-head GL(d) maps, so is this Gram.
     It is computed from the factors (H d x d products), never materialising the D+1-wide heads, and
     from B's current weights at every call: that is the official re-projection after each step.
@@ -198,28 +200,79 @@ def _circuit_gram(state_a: dict, att_a: AttentionSite, state_b: dict, att_b: Att
     return (qk + identity) / (3 * h_n * e) + ov / (h_n * e)
 
 
+def actions_gram(space: Space, actions, state_a: dict, state_b: dict, chunk: int = 8192) -> Tensor:
+    """(D, D) float64 Σ over `actions` of F_A F_B^T / columns: the rows each action moves (`action_rows`),
+    compared coordinate by coordinate, each action weighted by 1/its columns so that wide parameters do
+    not drown narrow ones (GLMC's residual alignment, [official code] `ortho_residual`). Chunked over
+    columns, so the float64 copies of the vocabulary matrices are never whole."""
+    gram = torch.zeros(space.size, space.size, dtype=torch.float64, device=state_b[space.actions[0].param].device)
+    for action in actions:
+        xa, xb = (action_rows(space, action, sd) for sd in (state_a, state_b))
+        for c in range(0, xa.shape[1], chunk):
+            gram += xa[:, c:c + chunk].double() @ xb[:, c:c + chunk].double().T / xa.shape[1]
+    return gram
+
+
 def static_residual_gram(space: Space, params: set[str], state_a: dict, layout_a: Layout, state_b: dict,
-                         layout_b: Layout, tokens: Tensor | None, chunk: int = 8192) -> Tensor:
-    """(D, D) float64 cross-Gram Σ F_A F_B^T / columns over the residual actions on `params` (vocabulary
-    rows restricted to `tokens`, see `active_tokens`), computed once per match: these parameters
+                         layout_b: Layout, tokens: Tensor | None) -> Tensor:
+    """(D, D) float64 cross-Gram (`actions_gram`) over the residual actions on `params` (vocabulary rows
+    restricted to `tokens`, see `active_tokens`), computed once per match: these parameters
     (embeddings, unembedding, positions, norm offsets, output biases) are moved by the residual space
     only, whose action on B's features is F_B -> M^T F_B (M the residual element so far, a matrix or a
-    permutation's matrix), so their Gram at any later point is this one times M. Chunked over columns,
-    so the float64 copies of the vocabulary matrices are never whole."""
+    permutation's matrix), so their Gram at any later point is this one times M."""
     states = []
     for sd, layout in ((state_a, layout_a), (state_b, layout_b)):
         if tokens is not None:  # only rows of tokens seen in training (`active_tokens`)
             sd = {**sd, **{r.param: sd[r.param].index_select(r.axis, tokens.to(sd[r.param].device))
                            for r in layout.vocab}}
         states.append(sd)
-    gram = torch.zeros(space.size, space.size, dtype=torch.float64, device=state_b[space.actions[0].param].device)
-    for action in space.actions:
-        if action.param in params:
-            xa, xb = (action_rows(space, action, sd) for sd in states)
-            block = sum(xa[:, c:c + chunk].double() @ xb[:, c:c + chunk].double().T
-                        for c in range(0, xa.shape[1], chunk))
-            gram += block / xa.shape[1]
-    return gram
+    return actions_gram(space, [a for a in space.actions if a.param in params], *states)
+
+
+class ResidualBlocks:
+    """The residual step's cross-Gram of the stored parameters other spaces also move (the MLP
+    weights), by block of parameters with the same other spaces, carried between residual steps
+    instead of recomputed.
+
+    In such a parameter the residual space acts on one axis only and its features are the slices
+    along the others (for an MLP weight, the units' weights). So B's features in a block change in two
+    ways: a residual step S moves them all alike (F_B -> S^T F_B, so the block's Gram G -> G S, one
+    D x D product), and a step of one of the block's own spaces (its MLP units) changes them
+    arbitrarily. A block is therefore recomputed from B's weights only after such a step changed B
+    (`Aligner.changes`) and is otherwise carried: at GPT-2 small 0.9 GFLOP against 7.2 and the float64
+    copies of the weights. The same Gram up to rounding (B's weights are rotated in their own dtype,
+    the carried Gram in float64). Not the attention circuits: their features have residual
+    coordinates on both sides (QK's columns, OV's rows), so they are recomputed at every step
+    (`_circuit_gram`). `static_residual_gram` is the case of the parameters no other space moves."""
+
+    def __init__(self, spec: SymmetrySpec, params: set[str]):
+        residual = spec["residual"]
+        self.blocks: dict[frozenset[str], list[Action]] = {}   # the other spaces on the params -> residual actions
+        for action in residual.actions:
+            if action.param in params:
+                if sum(a.param == action.param for a in residual.actions) != 1:
+                    raise ValueError(f"{action.param}: the residual space acts on it more than once; its Gram "
+                                     "cannot be carried by the residual steps")
+                owners = frozenset(s.name for s in spec if s.name != "residual"
+                                   and any(a.param == action.param for a in s.actions))
+                self.blocks.setdefault(owners, []).append(action)
+        self.grams: dict[frozenset[str], tuple[Tensor, list[int]]] = {}   # -> (Gram now, owners' changes then)
+
+    def gram(self, aligner: Aligner) -> Tensor:
+        """Σ of the blocks' Grams at B's current weights; recomputes those whose spaces changed B since."""
+        total = 0
+        for owners, actions in self.blocks.items():
+            changes = [aligner.changes.get(name, 0) for name in sorted(owners)]
+            if owners not in self.grams or self.grams[owners][1] != changes:
+                self.grams[owners] = (actions_gram(aligner.spec["residual"], actions, aligner.state_a,
+                                                   aligner.state_b), changes)
+            total = total + self.grams[owners][0]
+        return total
+
+    def carry(self, step: Tensor) -> None:
+        """After B's residual coordinates moved by `step` (x -> x S): every block's Gram G -> G S."""
+        for owners, (gram, changes) in self.grams.items():
+            self.grams[owners] = (gram @ _as_matrix(step, gram), changes)
 
 
 def _as_matrix(element: Tensor, like: Tensor) -> Tensor:
@@ -230,21 +283,19 @@ def _as_matrix(element: Tensor, like: Tensor) -> Tensor:
 
 
 def _residual_step(aligner: Aligner, layout_a: Layout, layout_b: Layout, group: str, static_gram: Tensor,
-                   params: set[str], circuits: bool, phase: Phase) -> bool:
+                   blocks: ResidualBlocks | None, phase: Phase) -> bool:
     """Residual map from the cross-Gram G = F_A F_B^T of residual-coordinate features [official code
     `weight_matching`]: the rows of the residual-only parameters (`static_residual_gram`, moved by
-    the residual element so far), stored rows of the further `params`, plus, with `circuits`, every
-    layer's attention circuits. Orthogonal: Procrustes O = U V^T; "perm": the assignment maximising
-    tr(P^T G), i.e. minimising squared Euclidean row distances (GLMC's permutation-only mode).
-    Every feature is invariant to the per-head GL(d) maps."""
+    the residual element so far) and, after the first round, the stored rows of the MLP weights
+    (`blocks`, carried between steps: `ResidualBlocks`) and every layer's attention circuits
+    (`_circuit_gram`, from B's current weights). Orthogonal: Procrustes
+    O = U V^T; "perm": the assignment maximising tr(P^T G), i.e. minimising squared Euclidean row
+    distances (GLMC's permutation-only mode). Every feature is invariant to the per-head GL(d) maps."""
     space = aligner.spec["residual"]
     total = aligner.element.get("residual")
     gram = static_gram if total is None else static_gram @ _as_matrix(total, static_gram)
-    # parameter by parameter: never all the features at once (0.9 GB at GPT-2 small)
-    for param in dict.fromkeys(a.param for a in space.actions if a.param in params):
-        fa, fb = (unit_features(space, sd, {param}, normalise_blocks=True) for sd in (aligner.state_a, aligner.state_b))
-        gram = gram + fa @ fb.T
-    if circuits:
+    if blocks is not None:   # after the first round: the MLP weights and the attention circuits
+        gram = gram + blocks.gram(aligner)
         for att_a, att_b in zip(layout_a.attentions, layout_b.attentions, strict=True):
             gram = gram + _circuit_gram(aligner.state_a, att_a, aligner.state_b, att_b, layout_b.width)
     if group == "orth":
@@ -252,7 +303,10 @@ def _residual_step(aligner: Aligner, layout_a: Layout, layout_b: Layout, group: 
     else:
         with phase("assignment"):
             step = match_units(gram)
-    return aligner.update(space, step)
+    changed = aligner.update(space, step)
+    if changed and blocks is not None:
+        blocks.carry(step)
+    return changed
 
 
 def _factor_products(x: Tensor, y: Tensor) -> Tensor:
@@ -402,7 +456,8 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     A may be in circuit form (a universe of averaged circuits); B is canonicalised.
     Work done once, not per round: the residual Gram of the residual-only parameters
     (`static_residual_gram`) and A's MLP features (head costs need no circuits: `head_distances`); those
-    parameters of B are moved by the residual element once, at the end. Returns (canonical A, aligner
+    parameters of B are moved by the residual element once, at the end. Work done only when something
+    changed: the Grams of the MLP weights (`ResidualBlocks`). Returns (canonical A, aligner
     holding the aligned canonical B, the element found and the rounds run)."""
     device = torch.device(device) if device is not None else default_device()
     with phase("canonicalise"):
@@ -417,6 +472,7 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
         static_gram = static_residual_gram(spec_b["residual"], first, state_a, layout_a, state_b, layout_b, tokens)
     # while matching, the residual steps move only the parameters other steps or the Gram read
     aligner = Aligner(_with_actions(spec_b, "residual", lambda a: a.param not in first), state_a, state_b)
+    blocks = ResidualBlocks(aligner.spec, later - first)
     del state_b  # the aligner's copy of the dict is the only one: B's replaced tensors are freed
     with phase("mlp_cost"):
         spaces_a_mlp = [spec_a[f"blocks.{i}.mlp"] for i in range(len(layout_a.mlps))]
@@ -424,8 +480,7 @@ def glmc_weight_matching_states(model_a: nn.Module, model_b: nn.Module, iteratio
     for it in tqdm(range(iterations), desc="GLMC weight matching", mininterval=5.0):
         aligner.rounds = it + 1
         with phase("residual"):
-            changed = _residual_step(aligner, layout_a, layout_b, residual, static_gram, later - first if it else set(),
-                                     it > 0, phase)
+            changed = _residual_step(aligner, layout_a, layout_b, residual, static_gram, blocks if it else None, phase)
             release_freed_heap()   # once per round: its float64 features were the largest temporaries
         # heads and MLPs move disjoint weights, so all heads first, then all MLPs: the same steps
         for i, (att_a, att_b) in enumerate(zip(layout_a.attentions, layout_b.attentions, strict=True)):
