@@ -106,6 +106,24 @@ def test_circuit_form_preserves_function(case: Case):
     assert_same(ref, case.run(loaded(circuits, apply_element(spec, circuits.state_dict(), element))))
 
 
+@pytest.mark.parametrize("case", CASES[:1] + CASES[-1:])
+def test_rebuilt_modules_own_their_tensors(case: Case):
+    """circuit_form and embed_width build the new module on the meta device and hand it tensors
+    (`_load`): every tensor is materialised, trainable like the source's, and none is shared with
+    the source (changing the source in place leaves the new module's function unchanged)."""
+    model = canonicalize(case.make())
+    for new in (circuit_form(model), embed_width(model, layout_for(model).width + 8,
+                                                  generator=torch.Generator().manual_seed(4))):
+        tensors = [*new.parameters(), *new.buffers()]
+        assert not any(t.is_meta for t in tensors)
+        assert all(p.requires_grad for p in new.parameters())
+        before = case.run(new)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5)
+        assert_same(before, case.run(new))
+
+
 def test_circuit_form_of_layernorm_model():
     """Circuits only touch attention, so they work before canonicalisation too."""
     model = tiny_vit(**VIT_CONFIGS[1])

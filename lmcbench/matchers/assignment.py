@@ -97,7 +97,10 @@ def _l1_rows(a: Tensor, b: Tensor, out: Tensor, elements: int) -> None:
 def match_units(score: Tensor, maximize: bool = True) -> Tensor:
     """idx such that unit j of the aligned B is unit idx[j] of B (x P = x[..., idx]), optimal for
     score[i, j] = similarity (or cost, with maximize=False) of A's unit i and B's unit j."""
-    rows, cols = linear_sum_assignment(score.detach().cpu().double().numpy(), maximize=maximize)
+    # a maximisation passed as the minimisation of -score (exact in any float dtype) and not converted
+    # here: scipy makes its one float64 copy itself, where `maximize` or `.double()` would make another
+    cost = score.detach().cpu()
+    rows, cols = linear_sum_assignment((-cost if maximize else cost).numpy())
     idx = torch.empty(len(rows), dtype=torch.long)
     idx[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
     return idx

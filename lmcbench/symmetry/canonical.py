@@ -77,18 +77,33 @@ def _untie(model: nn.Module) -> None:
 
 def _rebuild(model: nn.Module, layout: Layout, width: int, head_dim: int, qkv_bias: bool,
              hidden: int | None = None) -> nn.Module:
-    """A fresh module of `model`'s family with new shapes (MLP width `hidden`, default: the same)
-    and the same kind of norms with the same eps."""
-    p = next(model.parameters())
+    """A module of `model`'s family with new shapes (MLP width `hidden`, default: the same) and the
+    same kind of norms with the same eps, on the meta device: nothing is allocated or randomly
+    initialised (at GPT-2 small that initialisation took 3 of circuit_form's 6 CPU-s), since the
+    caller gives it every tensor (`_load`)."""
     hidden = layout.mlps[0].hidden if hidden is None else hidden
-    new = architecture_for(model).resize(model, width, head_dim, qkv_bias, hidden)
-    for site in layout.norms:
-        old = model.get_submodule(site.module)
-        if isinstance(old, RMSNorm):
-            _set_module(new, site.module, RMSNorm(width, eps=old.eps))
-        else:
-            new.get_submodule(site.module).eps = old.eps
-    return new.to(device=p.device, dtype=p.dtype).train(model.training)
+    with torch.device("meta"):
+        new = architecture_for(model).resize(model, width, head_dim, qkv_bias, hidden)
+        for site in layout.norms:
+            old = model.get_submodule(site.module)
+            if isinstance(old, RMSNorm):
+                _set_module(new, site.module, RMSNorm(width, eps=old.eps))
+            else:
+                new.get_submodule(site.module).eps = old.eps
+    return new.train(model.training)
+
+
+def _load(new: nn.Module, sd: dict[str, Tensor], source: nn.Module) -> nn.Module:
+    """`new` (from `_rebuild`) holding the tensors of `sd` as they are, except those sharing memory
+    with `source`'s (the same tensor or a view of one), which are cloned: the modules never alias."""
+    shared = {t.untyped_storage().data_ptr() for t in source.state_dict().values()}
+    new.load_state_dict({k: v.clone() if v.untyped_storage().data_ptr() in shared else v for k, v in sd.items()},
+                        assign=True)
+    left = [name for name, t in [*new.named_parameters(), *new.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"{type(new).__name__}: {left[0]} is not in its state dict (a non-persistent buffer?); "
+                           "lmcbench.symmetry.canonical._rebuild cannot rebuild this module")
+    return new
 
 
 def norm_eps(model: nn.Module) -> list[float]:
@@ -125,10 +140,9 @@ def canonicalize(model: nn.Module, eps_guard: float = 1e-6) -> nn.Module:
     # cloned at the end (peak memory: the model, its canonical state and one writer's temporaries)
     original = {k: v.detach() for k, v in model.state_dict().items()}
     sd = dict(original)
-    centre = centering_matrix(layout.width, dtype=torch.float64)
-    for w in layout.writers:
-        t = sd[w.param]
-        sd[w.param] = (t.double().movedim(w.axis, -1) @ centre).movedim(-1, w.axis).to(t.dtype)
+    for w in layout.writers:   # x M = x - mean(x) along the residual axis (not a D x D product), in float64
+        t = sd[w.param].double()
+        sd[w.param] = (t - t.mean(w.axis, keepdim=True)).to(sd[w.param].dtype)
     like = sd[layout.writers[0].param]
     norms = {}
     for site in layout.norms:
@@ -219,10 +233,8 @@ def circuit_form(model: nn.Module) -> nn.Module:
     layout = layout_for(model)
     width = layout.width
     new = _rebuild(model, layout, width, width + 1, qkv_bias=True)
-    # not cloned: circuit_state_dict returns new tensors where it changes any, and load_state_dict copies
-    new.load_state_dict(circuit_state_dict({k: v.detach() for k, v in model.state_dict().items()}, layout,
-                                           layout_for(new)))
-    return new
+    return _load(new, circuit_state_dict({k: v.detach() for k, v in model.state_dict().items()}, layout,
+                                         layout_for(new)), model)
 
 
 def apply_head_gl(state_dict: dict[str, Tensor], spec: SymmetrySpec, A: Tensor, B: Tensor) -> dict[str, Tensor]:
@@ -321,8 +333,7 @@ def embed_width(model: nn.Module, width: int, O: Tensor | None = None,
         _pad_attention(sd, att, new_att)
     for mlp, new_mlp in zip(layout.mlps, target.mlps, strict=True):
         _pad_mlp(sd, mlp, new_mlp)
-    new.load_state_dict(sd)
-    return new
+    return _load(new, sd, model)
 
 
 def embed_like(model: nn.Module, like: nn.Module, O: Tensor | None = None,
