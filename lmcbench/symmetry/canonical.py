@@ -45,11 +45,6 @@ class RMSNorm(nn.Module):
         return f"{self.bias.shape[0]}, eps={self.eps}"
 
 
-def centering_matrix(n: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """M = I - 11^T/n: x M subtracts the mean of x."""
-    return torch.eye(n, dtype=dtype) - torch.full((n, n), 1.0 / n, dtype=dtype)
-
-
 def _along(v: Tensor, axis: int, ndim: int) -> Tensor:
     """v shaped to broadcast along `axis` of an ndim-dimensional tensor."""
     shape = [1] * ndim
