@@ -390,7 +390,8 @@ def _mlp_steps(aligner: Aligner, spaces_a: list[Space], features_a: list[Tensor]
     Float32, not float64: at GPT-2 small (random pair of `lmcbench bench matching`, 15 rounds) the
     float32 score's assignment equalled the float64 one's at all 180 MLP steps, every unit (scores within
     1.8e-7), so the matching is the same, and its products took 49 CPU-s against 91 in float64; the
-    pinned elements of tests/test_perf.py hold. The assignments are solved in float64 (`match_units`).
+    pinned elements of tests/test_perf.py hold. The assignments are solved in float64 (`match_units`),
+    the cosine one as the minimisation of -score (the same problem, exactly).
     These weights carry no head gauge; the residual map acts on both sides of the distance alike.
     The steps are independent (each reads and moves only its own layer's MLP weights, and the residual
     map is fixed meanwhile), so the cost matrices of as many layers as torch has threads are computed
@@ -400,14 +401,15 @@ def _mlp_steps(aligner: Aligner, spaces_a: list[Space], features_a: list[Tensor]
     changed, names = False, [f"blocks.{i}.mlp" for i in range(len(spaces_a))]
     group = max(1, torch.get_num_threads())
     for start in range(0, len(names), group):
-        scores = {}
+        costs = {}   # float64 costs to minimise, made here so that each float32 matrix is freed at once and
+        # scipy solves on them without a copy: for each problem in flight one n x n float64 matrix (peak memory)
         with phase("mlp_cost"):
             for name, space_a, fa in zip(names[start:start + group], spaces_a[start:start + group],
                                          features_a[start:start + group]):
                 space = aligner.spec[name]
                 if space_a.dim == space.dim:
                     fb = mlp_features(space, aligner.state_b, cost)
-                    scores[name] = l1_distances(fa, fb) if cost == "l1" else fa @ fb.T
+                    costs[name] = (l1_distances(fa, fb) if cost == "l1" else (fa @ fb.T).neg_()).double()
                 elif space_a.dim > space.dim and space.group == "semiperm":
                     changed |= _split_step(aligner, space_a, space)
                 else:
@@ -415,9 +417,9 @@ def _mlp_steps(aligner: Aligner, spaces_a: list[Space], features_a: list[Tensor]
                                      "split a narrower B when its activation is positively homogeneous (ReLU), "
                                      "otherwise embed the narrower model first (lmcbench.symmetry.canonical.embed_like)")
         with phase("assignment"):
-            steps = match_many(list(scores.values()), maximize=cost != "l1")
+            steps = match_many(list(costs.values()), maximize=False)
         with phase("mlp_cost"):
-            for name, step in zip(scores, steps):
+            for name, step in zip(costs, steps):
                 changed |= aligner.update(aligner.spec[name], step)
     return changed
 
