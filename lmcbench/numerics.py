@@ -20,6 +20,7 @@ CPUs only (on AMD it falls back to its automatic branch): README "Same numbers o
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import sys
@@ -29,13 +30,24 @@ MODES = ("pinned", "fast")
 DEFAULTS = {"mode": "pinned", "threads": 1}
 PINNED_LEVEL = "AVX2"   # what torch.backends.cpu.get_cpu_capability() reports when pinned
 
-# NumPy 1.26's x86 dispatch targets above AVX2 (naming one it does not dispatch is an ImportWarning).
-_NUMPY_ABOVE_AVX2 = "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL"
+
+def numpy_above_avx2() -> str:
+    """NumPy's x86 dispatch targets above AVX2, read from its version without importing it (naming a target
+    it does not dispatch is an ImportWarning): up to 2.3 one per extension (AVX512_SPR stays on when AVX512F
+    is off), from 2.4 one per x86-64 level (X86_V4 = AVX-512). Read off 1.26.4, 2.0.2, 2.3.5, 2.4.0 and 2.5.2
+    (the last is the GPU machines' image's)."""
+    major, minor = (int(part) for part in importlib.metadata.version("numpy").split(".")[:2])
+    if (major, minor) >= (2, 4):
+        return "X86_V4 AVX512_ICL AVX512_SPR"
+    per_extension = "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL"
+    return per_extension + " AVX512_SPR" if major >= 2 else per_extension
+
+
 PINNED_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_CBWR": "AVX2",
-    "NPY_DISABLE_CPU_FEATURES": _NUMPY_ABOVE_AVX2,
+    "NPY_DISABLE_CPU_FEATURES": numpy_above_avx2(),
     "NUMBA_CPU_NAME": "haswell",   # numba's code generation (the fused L1 kernel reassociates sums by vector width)
 }
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -112,8 +124,7 @@ def _check_loaded() -> None:
             f"numerics: torch was imported before lmcbench.numerics.apply() and dispatches "
             f"{torch.backends.cpu.get_cpu_capability()} kernels; call apply() before the first `import torch` "
             "(or set numerics.mode: fast)")
-    features = _numpy_features()
-    if features.get("AVX512F"):
+    if _numpy_avx512(_numpy_features()):
         raise RuntimeError("numerics: numpy was imported before lmcbench.numerics.apply() with AVX-512 loops; "
                            "call apply() before the first `import numpy` (or set numerics.mode: fast)")
 
@@ -126,6 +137,13 @@ def _numpy_features() -> dict:
     return dict(core._multiarray_umath.__cpu_features__)
 
 
+def _numpy_avx512(features: dict) -> bool | None:
+    """Whether NumPy dispatches AVX-512 loops (None: not imported): X86_V4 from NumPy 2.4, AVX512F before."""
+    if not features:
+        return None
+    return features["X86_V4"] if "X86_V4" in features else features.get("AVX512F")
+
+
 def job_threads(requested: int | None) -> int | None:
     """Intra-op threads for a job: the pinned count in pinned mode, else what the rule or user asked for."""
     mode, _, threads = os.environ.get(MARKER, "").partition(":")
@@ -136,12 +154,11 @@ def state() -> dict:
     """The effective numerics of this process, for provenance: mode, threads, kernel dispatch, CPU."""
     mode, _, threads = os.environ.get(MARKER, "fast").partition(":")
     torch = sys.modules.get("torch")
-    numpy_simd = _numpy_features()
     return {
         "mode": mode,
         "threads": torch.get_num_threads() if torch is not None else int(threads or 0) or None,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch is not None else None,
-        "numpy_avx512": numpy_simd.get("AVX512F") if numpy_simd else None,
+        "numpy_avx512": _numpy_avx512(_numpy_features()),
         "env": {key: os.environ[key] for key in (*PINNED_ENV, *OTHER_DISPATCH_ENV, *THREAD_ENV)
                 if key in os.environ},
         "cpu": cpu_info(),

@@ -130,6 +130,23 @@ def test_provenance_records_the_numerics():
         assert record["env"]["MKL_CBWR"] == "AVX2" and record["numpy_avx512"] is False
 
 
+# What each NumPy dispatches above AVX2, read off the real releases (`__cpu_features__` after import with
+# NPY_DISABLE_CPU_FEATURES): 2.4 replaced the per-extension targets by x86-64 levels, 2.3 dispatches AVX512_SPR.
+NUMPY_TARGETS_ABOVE_AVX2 = {"1.26.4": {"AVX512F", "AVX512_SKX", "AVX512_ICL"},
+                            "2.3.5": {"AVX512F", "AVX512_SKX", "AVX512_ICL", "AVX512_SPR"},
+                            "2.5.2": {"X86_V4", "AVX512_ICL", "AVX512_SPR"}}
+
+
+@pytest.mark.parametrize("version", sorted(NUMPY_TARGETS_ABOVE_AVX2))
+def test_pinned_mode_names_the_targets_each_numpy_dispatches(monkeypatch, version):
+    """The GPU machines' image has NumPy 2.5, whose targets are x86-64 levels: naming 1.26's targets there
+    disables nothing (an ImportWarning) and leaves AVX-512 loops on."""
+    monkeypatch.setattr(numerics.importlib.metadata, "version", lambda name: version)
+    named = set(numerics.numpy_above_avx2().split())
+    assert NUMPY_TARGETS_ABOVE_AVX2[version] <= named
+    assert ("X86_V4" in named) == version.startswith("2.5")
+
+
 def _tables(root, rows):
     (root / "sub").mkdir(parents=True)
     text = "method,split,barrier\n" + "".join(f"{m},test,{b!r}\n" for m, b in rows)
