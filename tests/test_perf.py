@@ -213,6 +213,28 @@ def test_moe_evaluation_on_cuda_equals_cpu(family: str, datasets):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (workflow/scripts/gpu_check.sh)")
+def test_learned_matching_on_cuda_runs_and_hands_back_cpu_states(trained_pairs, datasets):
+    """Learned matching trains its latents where the GPU is (under bf16 autocast its numbers match the CPU's
+    only statistically, so this checks the run, not its values): every step runs, the losses are finite, and
+    the aligned states come back on the CPU with A's weights as A had them."""
+    from lmcbench.barrier import BoundModel
+    from lmcbench.matchers import MATCHERS, MatchContext
+
+    a, b = trained_pairs["gpt2"]
+    task = make_task(datasets["gpt2"], ARCH["gpt2"])
+    config = {"steps": 4, "batch_size": 4, "val_examples": 8, "eval_every": 2, "iterations": 3}
+    alignment = MATCHERS["learned_full"](a, b, MatchContext(task, config, 0))
+    info = alignment.info
+    assert info["steps_run"] == info["max_steps"] == 4
+    assert math.isfinite(info["final_train_loss"]) and math.isfinite(info["val_loss"])
+    assert {t.device.type for t in (*alignment.state_a.values(), *alignment.state_b.values())} == {"cpu"}
+    x = task.eval_tensors("test", 4)[0]
+    with torch.no_grad():   # A is the fixed gauge: the template with A's aligned state computes A
+        ours = task.logits(BoundModel(alignment.template.cpu(), alignment.state_a), x)
+        torch.testing.assert_close(ours, task.logits(a, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (workflow/scripts/gpu_check.sh)")
 @pytest.mark.parametrize("method", ["gate_wm", "expert_wm"])
 def test_moe_matching_on_cuda_equals_cpu(method: str):
     """MoE Algorithm 1 is device-agnostic tensor code: on CUDA states it finds the CPU's expert orders
