@@ -213,6 +213,20 @@ def test_moe_evaluation_on_cuda_equals_cpu(family: str, datasets):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (workflow/scripts/gpu_check.sh)")
+@pytest.mark.parametrize("family", ["gpt2", "vit"])
+def test_training_on_cuda_runs_and_hands_back_cpu_weights(family: str, datasets):
+    """Training runs where the GPU is (bf16 autocast), evaluates there, and returns its best weights on the CPU."""
+    cfg = {**ARCH[family], "train": {**ARCH[family]["train"], "steps": 10, "eval_every": 5}}
+    model = fresh_model(cfg, datasets[family], 0)
+    result = train(model, make_task(datasets[family], cfg), TrainConfig.from_dict(cfg["train"]), seed=0,
+                   progress=False)
+    assert next(model.parameters()).device.type == "cuda"
+    assert {t.device.type for t in result.state_dict.values()} == {"cpu"}
+    assert [h["step"] for h in result.history] == [5, 10]
+    assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in result.history)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (workflow/scripts/gpu_check.sh)")
 def test_learned_matching_on_cuda_runs_and_hands_back_cpu_states(trained_pairs, datasets):
     """Learned matching trains its latents where the GPU is (under bf16 autocast its numbers match the CPU's
     only statistically, so this checks the run, not its values): every step runs, the losses are finite, and
